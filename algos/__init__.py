@@ -1,0 +1,1 @@
+"""offrl algorithms: one file per algorithm (importable as offrl.algos.<name>)."""

@@ -1,0 +1,170 @@
+"""Base class of every agent: acting, checkpoint save/load, optimizer bookkeeping.
+
+An algorithm file subclasses :class:`Agent`, builds its networks and optimizers in ``__init__``
+and implements ``update(batch) -> dict[str, Tensor]`` and ``policy(obs, deterministic)``.
+Everything else (numpy/torch conversion, observation normalization at act time, saving and
+loading with the config, exact-resume state) lives here once.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from offrl.errors import OffrlError
+
+CHECKPOINT_FORMAT = "offrl-checkpoint-v1"
+
+
+def config_to_dict(cfg) -> dict[str, Any]:
+    """A dataclass config as plain python values (tuples → lists) for checkpoints and JSON."""
+    out = {}
+    for f in dataclasses.fields(cfg):
+        v = getattr(cfg, f.name)
+        out[f.name] = list(v) if isinstance(v, tuple) else v
+    return out
+
+
+def config_from_dict(cls, data: dict[str, Any]):
+    """Rebuild a config dataclass; unknown keys are ignored, list fields back to tuples."""
+    kwargs = {}
+    for f in dataclasses.fields(cls):
+        if f.name in data:
+            v = data[f.name]
+            default = f.default if f.default is not dataclasses.MISSING else None
+            kwargs[f.name] = tuple(v) if isinstance(v, list) and isinstance(default, tuple) else v
+    return cls(**kwargs)
+
+
+def load_checkpoint(path: str, map_location: str | torch.device = "cpu") -> dict:
+    """Read an offrl checkpoint with ``torch.load(weights_only=True)``; one-line errors."""
+    if not os.path.isfile(path):
+        raise OffrlError(f"checkpoint not found: {path}")
+    try:
+        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:  # pickle errors, zip errors, truncated files
+        raise OffrlError(f"cannot read checkpoint {path}: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from e
+    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
+        raise OffrlError(f"{path} is not an offrl checkpoint")
+    return ckpt
+
+
+def save_atomic(obj: Any, path: str) -> None:
+    """``torch.save`` to a temp file in the same directory, then rename over ``path``."""
+    tmp = f"{path}.tmp-{os.getpid()}"
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+class Agent(nn.Module):
+    """Base agent. Subclasses set ``algo`` and ``Config`` and fill ``self.optimizers`` /
+    ``self.schedulers`` (name → object) so that checkpoints capture them."""
+
+    algo: ClassVar[str] = "agent"
+    Config: ClassVar[type]
+
+    def __init__(self, cfg, obs_dim: int, act_dim: int, obs_mean=None, obs_std=None, device: str | torch.device = "cpu"):
+        super().__init__()
+        self.cfg = cfg
+        self.obs_dim, self.act_dim = int(obs_dim), int(act_dim)
+        self.device = torch.device(device)
+        mean = torch.zeros(obs_dim) if obs_mean is None else torch.as_tensor(obs_mean, dtype=torch.float32)
+        std = torch.ones(obs_dim) if obs_std is None else torch.as_tensor(obs_std, dtype=torch.float32)
+        self.register_buffer("obs_mean", mean.reshape(obs_dim).clone())
+        self.register_buffer("obs_std", std.reshape(obs_dim).clone())
+        self.optimizers: dict[str, torch.optim.Optimizer] = {}
+        self.schedulers: dict[str, Any] = {}
+
+    # ------------------------------------------------------------------ to implement
+    def update(self, batch) -> dict[str, torch.Tensor]:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def policy(self, obs: torch.Tensor, deterministic: bool = True) -> torch.Tensor:  # pragma: no cover
+        """Actions for a batch of *normalized* observations on the agent's device."""
+        raise NotImplementedError
+
+    # ------------------------------------------------------------------ acting
+    def normalize_obs(self, obs: torch.Tensor) -> torch.Tensor:
+        return (obs - self.obs_mean) / self.obs_std
+
+    @torch.no_grad()
+    def act(self, obs, deterministic: bool = True) -> np.ndarray:
+        """Action(s) for raw observation(s): ``[obs_dim] → [act_dim]`` or ``[B, obs_dim] → [B, act_dim]``.
+
+        Accepts numpy arrays, lists or tensors; returns a float32 numpy array.
+        """
+        x = torch.as_tensor(np.asarray(obs, dtype=np.float32) if not isinstance(obs, torch.Tensor) else obs,
+                            dtype=torch.float32, device=self.device)
+        single = x.dim() == 1
+        if x.shape[-1] != self.obs_dim:
+            raise OffrlError(f"observation has {x.shape[-1]} dims, the agent expects {self.obs_dim}")
+        if single:
+            x = x.unsqueeze(0)
+        was_training = self.training
+        self.eval()
+        try:
+            a = self.policy(self.normalize_obs(x), deterministic)
+        finally:
+            self.train(was_training)
+        a = a.float().cpu().numpy()
+        return a[0] if single else a
+
+    # ------------------------------------------------------------------ state
+    def training_state(self) -> dict[str, Any]:
+        """Everything needed to continue training exactly: weights, optimizers, schedules."""
+        return {
+            "agent": self.state_dict(),
+            "optimizers": {k: o.state_dict() for k, o in self.optimizers.items()},
+            "schedulers": {k: s.state_dict() for k, s in self.schedulers.items()},
+        }
+
+    def load_training_state(self, state: dict[str, Any]) -> None:
+        self.load_state_dict(state["agent"])
+        for k, o in self.optimizers.items():
+            o.load_state_dict(state["optimizers"][k])
+        for k, s in self.schedulers.items():
+            s.load_state_dict(state["schedulers"][k])
+
+    def checkpoint(self, **extra) -> dict[str, Any]:
+        ckpt = {
+            "format": CHECKPOINT_FORMAT,
+            "algo": self.algo,
+            "config": config_to_dict(self.cfg),
+            "dims": {"obs_dim": self.obs_dim, "act_dim": self.act_dim},
+            **self.training_state(),
+        }
+        ckpt.update(extra)
+        return ckpt
+
+    def save(self, path: str, **extra) -> None:
+        """Write a checkpoint (weights, optimizers, config) that :meth:`load` reads back."""
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        save_atomic(self.checkpoint(**extra), path)
+
+    @classmethod
+    def from_checkpoint(cls, ckpt: dict, device: str | torch.device | None = None, path: str = "checkpoint"):
+        if ckpt.get("algo") != cls.algo:
+            raise OffrlError(f"{path} is a checkpoint of algorithm '{ckpt.get('algo')}', not '{cls.algo}'")
+        cfg = config_from_dict(cls.Config, ckpt["config"])
+        if device is None:
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        agent = cls(cfg, ckpt["dims"]["obs_dim"], ckpt["dims"]["act_dim"], device=device)
+        agent.load_training_state(ckpt)
+        return agent
+
+    @classmethod
+    def load(cls, path: str, device: str | torch.device | None = None):
+        """Rebuild an agent from a checkpoint written by :meth:`save` or by training.
+
+        ``device=None`` picks cuda when available.
+        """
+        return cls.from_checkpoint(load_checkpoint(path), device=device, path=path)

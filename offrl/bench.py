@@ -1,0 +1,95 @@
+"""Update-step benchmark: ``offrl bench update --algo iql --device cpu --steps N``.
+
+Builds the agent on a synthetic packed buffer of D4RL size (obs 17, act 6 by default), runs
+warm-up updates, then times ``steps`` updates (synchronizing the device at the ends only) and
+prints one JSON line with ``updates_per_s``. A benchmark, not a test.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import time
+
+import numpy as np
+import torch
+
+from offrl.errors import OffrlError
+
+ALGOS = ["iql"]
+
+
+def load_algo(name: str):
+    """The algorithm module ``offrl.algos.<name>`` (its Config, agent class and train)."""
+    if name not in ALGOS:
+        from offrl.errors import suggest
+
+        raise OffrlError(f"unknown algorithm '{name}', expected one of {', '.join(ALGOS)}" + suggest(name, ALGOS))
+    return importlib.import_module(f"offrl.algos.{name}")
+
+
+def agent_class(module):
+    from offrl.agent import Agent
+
+    for v in vars(module).values():
+        if isinstance(v, type) and issubclass(v, Agent) and v is not Agent and v.__module__ == module.__name__:
+            return v
+    raise OffrlError(f"{module.__name__} defines no agent class")
+
+
+def bench_update(algo: str = "iql", device: str = "cpu", steps: int = 1000, warmup: int = 100, batch_size: int = 256,
+                 obs_dim: int = 17, act_dim: int = 6, threads: int = 0, compile: bool = False, rows: int = 100_000,
+                 seed: int = 0) -> dict:
+    from offrl.buffer import ReplayBuffer
+    from offrl.utils import resolve_device, set_seed
+
+    if steps <= 0 or warmup < 0 or batch_size <= 0:
+        raise OffrlError("--steps and --batch-size must be positive, --warmup >= 0")
+    module = load_algo(algo)
+    cls = agent_class(module)
+    dev = resolve_device(device)
+    if threads:
+        torch.set_num_threads(threads)
+    set_seed(seed)
+    cfg = module.Config(steps=steps + warmup, batch_size=batch_size, device=str(dev), compile=compile)
+    cfg.resolve(_FakeDataset())
+    rng = np.random.default_rng(seed)
+    buf = ReplayBuffer(obs_dim, act_dim, rows, dev, seed)
+    buf.add(rng.standard_normal((rows, obs_dim)), rng.uniform(-1, 1, (rows, act_dim)), rng.standard_normal(rows),
+            rng.standard_normal((rows, obs_dim)), (rng.uniform(size=rows) < 0.01))
+    agent = cls(cfg, obs_dim, act_dim, device=dev)
+    agent.train()
+    update = torch.compile(agent.update) if compile else agent.update
+
+    def sync():
+        if dev.type == "cuda":
+            torch.cuda.synchronize(dev)
+
+    t = time.perf_counter()
+    for _ in range(warmup):
+        update(buf.sample(batch_size))
+    sync()
+    warm_s = time.perf_counter() - t
+    t = time.perf_counter()
+    for _ in range(steps):
+        m = update(buf.sample(batch_size))
+    sync()
+    dt = time.perf_counter() - t
+    finite = all(np.isfinite(v.item()) for v in m.values())
+    return {
+        "algo": algo, "device": str(dev), "compile": compile, "threads": torch.get_num_threads(),
+        "batch_size": batch_size, "obs_dim": obs_dim, "act_dim": act_dim, "steps": steps,
+        "updates_per_s": round(steps / dt, 2), "ms_per_update": round(1000 * dt / steps, 4),
+        "warmup_s": round(warm_s, 3), "metrics_finite": finite, "torch": torch.__version__,
+        "gpu": torch.cuda.get_device_name(dev) if dev.type == "cuda" else None,
+    }
+
+
+class _FakeDataset:
+    """Stands in for a dataset when resolving presets (locomotion domain)."""
+
+    id = "bench"
+
+
+def print_json(d: dict) -> None:
+    print(json.dumps(d))

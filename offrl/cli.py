@@ -1,0 +1,147 @@
+"""The ``offrl`` command line.
+
+    offrl train ALGO [flags]            same flags as `python algos/ALGO.py`
+    offrl eval CHECKPOINT [--episodes N] [--video]
+    offrl datasets list | info ID
+    offrl bench update --algo iql --device cpu --steps N
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Sequence, TypeVar
+
+from offrl.errors import OffrlError, cli_errors
+
+T = TypeVar("T")
+
+
+def parse_config(cls: type[T], argv: Sequence[str] | None = None, prog: str | None = None,
+                 description: str | None = None) -> T:
+    """Parse ``argv`` into the dataclass ``cls`` with tyro (field docstrings become ``--help``)."""
+    import tyro
+
+    return tyro.cli(cls, args=argv, prog=prog, description=description)
+
+
+def _train(args: list[str]) -> int:
+    from offrl.bench import ALGOS, load_algo
+
+    if not args or args[0] in ("-h", "--help"):
+        print(f"usage: offrl train ALGO [flags]   (ALGO: {', '.join(ALGOS)}; `offrl train ALGO --help` lists the flags)")
+        return 0
+    module = load_algo(args[0])
+    summary = module.train(parse_config(module.Config, args[1:], prog=f"offrl train {args[0]}", description=module.__doc__))
+    print(json.dumps(summary))
+    return 0
+
+
+def _eval(args: list[str]) -> int:
+    p = argparse.ArgumentParser(prog="offrl eval", description="Evaluate a checkpoint in its dataset's environment.")
+    p.add_argument("checkpoint", help="path to a checkpoint.pt written by training or Agent.save")
+    p.add_argument("--episodes", type=int, default=10, help="number of episodes (default 10)")
+    p.add_argument("--seed", type=int, default=0, help="episode i is reset with seed+i (default 0)")
+    p.add_argument("--env", default=None, help="Gymnasium env id (default: the dataset's evaluation env)")
+    p.add_argument("--device", default="cpu", help="torch device for the policy (default cpu)")
+    p.add_argument("--stochastic", action="store_true", help="sample actions instead of the deterministic mode")
+    p.add_argument("--video", action="store_true", help="also record the first episode to an mp4 next to the checkpoint")
+    p.add_argument("--json", action="store_true", help="print only the JSON result")
+    a = p.parse_args(args)
+    if a.episodes <= 0:
+        raise OffrlError(f"--episodes must be positive, got {a.episodes}")
+    import os
+
+    from offrl.agent import load_checkpoint
+    from offrl.bench import agent_class, load_algo
+    from offrl.data import get_info
+    from offrl.evaluation import evaluate
+    from offrl.utils import resolve_device
+
+    ckpt = load_checkpoint(a.checkpoint)
+    agent = agent_class(load_algo(ckpt["algo"])).from_checkpoint(ckpt, device=resolve_device(a.device), path=a.checkpoint)
+    dataset_id = ckpt.get("dataset") or ckpt["config"].get("dataset")
+    ref_min = ref_max = None
+    env_id = a.env
+    try:
+        info = get_info(dataset_id)
+        env_id = env_id or info.env_id
+        ref_min, ref_max = info.ref_min_score, info.ref_max_score
+    except OffrlError:
+        pass
+    if env_id is None:
+        raise OffrlError(f"no evaluation environment known for dataset '{dataset_id}'; pass --env")
+    video = os.path.join(os.path.dirname(os.path.abspath(a.checkpoint)), "eval.mp4") if a.video else None
+    res = evaluate(lambda o: agent.act(o, deterministic=not a.stochastic), env_id, a.episodes, a.seed,
+                   ref_min, ref_max, video_path=video)
+    res.update({"checkpoint": a.checkpoint, "algo": ckpt["algo"], "env_id": env_id, "dataset": dataset_id})
+    if video:
+        res["video"] = video
+    if not a.json:
+        print(f"{ckpt['algo']} on {env_id}: return {res['return_mean']:.1f} ± {res['return_std']:.1f}, "
+              f"normalized score {res['normalized_score']:.1f} over {a.episodes} episodes", file=sys.stderr)
+    print(json.dumps(res))
+    return 0
+
+
+def _datasets(args: list[str]) -> int:
+    p = argparse.ArgumentParser(prog="offrl datasets", description="List and inspect known datasets.")
+    sub = p.add_subparsers(dest="cmd", required=True)
+    sub.add_parser("list", help="every known dataset id, its source, env, reference scores and whether it is present")
+    info = sub.add_parser("info", help="everything about one dataset")
+    info.add_argument("id", help="dataset id, e.g. hopper-medium-v2")
+    a = p.parse_args(args)
+    from offrl import data
+
+    if a.cmd == "list":
+        data.print_list()
+    else:
+        data.print_info(a.id)
+    return 0
+
+
+def _bench(args: list[str]) -> int:
+    from offrl.bench import ALGOS, bench_update
+
+    p = argparse.ArgumentParser(prog="offrl bench", description="Benchmarks (print one JSON line).")
+    sub = p.add_subparsers(dest="cmd", required=True)
+    u = sub.add_parser("update", help="updates/s of an algorithm's update step on a synthetic D4RL-size batch")
+    u.add_argument("--algo", default="iql", choices=ALGOS)
+    u.add_argument("--device", default="cpu", help="cpu, cuda, auto (default cpu)")
+    u.add_argument("--steps", type=int, default=500, help="timed updates (default 500)")
+    u.add_argument("--warmup", type=int, default=50, help="untimed updates first (default 50)")
+    u.add_argument("--batch-size", type=int, default=256)
+    u.add_argument("--obs-dim", type=int, default=17)
+    u.add_argument("--act-dim", type=int, default=6)
+    u.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch default)")
+    u.add_argument("--compile", action="store_true", help="torch.compile the update step")
+    a = p.parse_args(args)
+    print(json.dumps(bench_update(a.algo, a.device, a.steps, a.warmup, a.batch_size, a.obs_dim, a.act_dim,
+                                  a.threads, a.compile)))
+    return 0
+
+
+COMMANDS = {"train": _train, "eval": _eval, "datasets": _datasets, "bench": _bench}
+
+
+@cli_errors
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(__doc__.strip())
+        return 0
+    if argv[0] == "--version":
+        from offrl import __version__
+
+        print(__version__)
+        return 0
+    if argv[0] not in COMMANDS:
+        from offrl.errors import suggest
+
+        raise OffrlError(f"unknown command '{argv[0]}', expected one of {', '.join(COMMANDS)}" + suggest(argv[0], COMMANDS))
+    return COMMANDS[argv[0]](argv[1:]) or 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

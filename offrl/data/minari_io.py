@@ -1,0 +1,171 @@
+"""Loader for Minari datasets (``mujoco/hopper/medium-v0``, ``D4RL/antmaze/umaze-v1``, offrl's own).
+
+Datasets are opened through the ``minari`` package from ``$MINARI_DATASETS_PATH`` (default
+``~/.minari/datasets``), where they live as ``<root>/<id>/data/{main_data.hdf5,metadata.json}``.
+Each episode of ``T`` steps stores ``T + 1`` observations; it becomes ``T`` rows with
+``observations[:-1]`` / ``observations[1:]`` as observation / next observation,
+``terminals = terminations`` and ``timeouts = truncations`` (a step that is both counts as a
+termination), and the last step of an episode that has neither gets ``timeouts = 1``.
+Dict and Tuple observation spaces of Box leaves are flattened in Gymnasium's order (the order
+``gymnasium.wrappers.FlattenObservation`` uses), so an evaluation env wrapped with it matches.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Iterable
+
+import gymnasium as gym
+import numpy as np
+
+from offrl.data.dataset import Dataset
+from offrl.errors import OffrlError
+
+if TYPE_CHECKING:
+    from offrl.data.registry import DatasetInfo
+
+_JSON_SCALARS = (str, int, float, bool)
+
+
+def minari_root() -> Path:
+    """Minari's local root, resolved the way ``minari`` resolves it: ``$MINARI_DATASETS_PATH`` or
+    ``~/.minari/datasets``."""
+    root = os.environ.get("MINARI_DATASETS_PATH")
+    return Path(root) if root is not None else Path.home() / ".minari" / "datasets"
+
+
+def minari_path(dataset_id: str) -> Path:
+    """Directory of a Minari dataset (present or not)."""
+    return minari_root() / dataset_id
+
+
+def minari_present(dataset_id: str) -> bool:
+    """Whether a Minari dataset is stored locally (its ``data/metadata.json`` exists)."""
+    return (minari_path(dataset_id) / "data" / "metadata.json").is_file()
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split()) or type(exc).__name__
+
+
+def _check_space(space: gym.Space, what: str, dataset_id: str) -> None:
+    """Accept Box spaces and Dict/Tuple nests of them; anything else raises OffrlError."""
+    if isinstance(space, gym.spaces.Box):
+        return
+    if isinstance(space, (gym.spaces.Dict, gym.spaces.Tuple)):
+        for sub in space.spaces.values() if isinstance(space, gym.spaces.Dict) else space.spaces:
+            _check_space(sub, what, dataset_id)
+        return
+    raise OffrlError(
+        f"{dataset_id}: unsupported {what} space {space}; offrl reads Box spaces (or Dict/Tuple of Box)"
+    )
+
+
+def flatten_batch(x: Any, space: gym.Space, n: int) -> np.ndarray:
+    """Flatten ``n`` stacked elements of ``space`` to an ``(n, flat_dim)`` float32 array."""
+    if isinstance(space, gym.spaces.Box):
+        return np.asarray(x, dtype=np.float32).reshape(n, -1)
+    if isinstance(space, gym.spaces.Dict):
+        parts = [flatten_batch(x[key], sub, n) for key, sub in space.spaces.items()]
+    else:
+        parts = [flatten_batch(x[i], sub, n) for i, sub in enumerate(space.spaces)]
+    return np.concatenate(parts, axis=1)
+
+
+def episodes_to_arrays(
+    episodes: Iterable[Any], observation_space: gym.Space, action_space: gym.Space, dataset_id: str
+) -> dict[str, np.ndarray]:
+    """Stack Minari episodes (objects with observations/actions/rewards/terminations/truncations)
+    into the six :class:`Dataset` arrays, concatenating per-episode arrays once at the end."""
+    cols: dict[str, list[np.ndarray]] = {k: [] for k in ("observations", "actions", "rewards", "next_observations", "terminals", "timeouts")}
+    for ep in episodes:
+        steps = len(ep.rewards)
+        if steps == 0:
+            continue
+        try:
+            obs = flatten_batch(ep.observations, observation_space, steps + 1)
+        except ValueError:
+            raise OffrlError(
+                f"{dataset_id}: episode {ep.id} has {steps} steps but observations that do not "
+                f"reshape to {steps + 1} rows"
+            ) from None
+        terminations = np.asarray(ep.terminations, dtype=bool).reshape(steps)
+        truncations = np.asarray(ep.truncations, dtype=bool).reshape(steps) & ~terminations
+        if not (terminations[-1] or truncations[-1]):
+            truncations[-1] = True
+        cols["observations"].append(obs[:-1])
+        cols["next_observations"].append(obs[1:])
+        cols["actions"].append(flatten_batch(ep.actions, action_space, steps))
+        cols["rewards"].append(np.asarray(ep.rewards, dtype=np.float32).reshape(steps))
+        cols["terminals"].append(terminations.astype(np.float32))
+        cols["timeouts"].append(truncations.astype(np.float32))
+    if not cols["rewards"]:
+        raise OffrlError(f"{dataset_id}: the Minari dataset holds no steps")
+    return {key: np.concatenate(parts) for key, parts in cols.items()}
+
+
+def _download(dataset_id: str, path: Path) -> None:
+    """Fetch a dataset from the Minari remote; on failure remove what this call created."""
+    import minari
+
+    existed = path.exists()
+    try:
+        minari.download_dataset(dataset_id)
+    except Exception as e:  # network, remote and missing-dependency errors all end up here
+        if not existed and path.exists():
+            shutil.rmtree(path, ignore_errors=True)
+        offline = "" if isinstance(e, ImportError) else "; this machine may be offline"
+        raise OffrlError(
+            f"cannot download Minari dataset '{dataset_id}' from the Minari remote ({_one_line(e)}){offline}. "
+            f"Or copy the dataset directory to {path} (it holds data/main_data.hdf5 and data/metadata.json)"
+        ) from None
+
+
+def load_minari(info: DatasetInfo, download: bool | None = None) -> Dataset:
+    """Load a Minari-format dataset (source ``"minari"`` or ``"offrl"``), downloading it from the
+    Minari remote first when it is absent and ``download`` is not False."""
+    import minari
+
+    path = minari_path(info.id)
+    if not minari_present(info.id):
+        if info.source != "minari":
+            raise OffrlError(f"{info.id}: not found at {path}; build it with `offrl datasets make {info.id}`")
+        if download is False:
+            raise OffrlError(f"{info.id}: not found at {path} and downloading is disabled")
+        _download(info.id, path)
+    try:
+        mds = minari.load_dataset(info.id)
+        _check_space(mds.observation_space, "observation", info.id)
+        _check_space(mds.action_space, "action", info.id)
+        arrays = episodes_to_arrays(mds.iterate_episodes(), mds.observation_space, mds.action_space, info.id)
+        stored = dict(mds.storage.metadata)
+        env_spec = mds.env_spec
+    except OffrlError as e:
+        raise OffrlError(f"{e} (at {path})") from None
+    except Exception as e:  # minari raises ValueError/KeyError/OSError/AssertionError on bad data
+        raise OffrlError(f"{path}: cannot read Minari dataset '{info.id}' ({type(e).__name__}: {_one_line(e)})") from None
+
+    def ref(key: str) -> float | None:
+        value = stored.get(key)
+        if value is None:
+            value = getattr(info, key)
+        return None if value is None else float(value)
+
+    metadata = {
+        "id": info.id,
+        "env_id": env_spec.id if env_spec is not None else info.env_id,
+        "ref_min_score": ref("ref_min_score"),
+        "ref_max_score": ref("ref_max_score"),
+        "source": info.source,
+        "path": str(path),
+        "minari": {k: v for k, v in stored.items() if isinstance(v, _JSON_SCALARS)},
+    }
+    try:
+        return Dataset(**arrays, metadata=metadata)
+    except OffrlError as e:
+        raise OffrlError(f"{e} (at {path})") from None
+
+
+__all__ = ["minari_root", "minari_path", "minari_present", "flatten_batch", "episodes_to_arrays", "load_minari"]

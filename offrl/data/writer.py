@@ -1,0 +1,86 @@
+"""Write offrl's own datasets in Minari format, atomically.
+
+The dataset is created under a private staging root next to the Minari root and renamed into
+place only when complete, so an interrupted build never leaves a dataset that looks present.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import warnings
+from contextlib import contextmanager
+from typing import Iterator
+
+import numpy as np
+
+from offrl.errors import OffrlError
+
+
+@contextmanager
+def _minari_root(path: str) -> Iterator[None]:
+    old = os.environ.get("MINARI_DATASETS_PATH")
+    os.environ["MINARI_DATASETS_PATH"] = path
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop("MINARI_DATASETS_PATH", None)
+        else:
+            os.environ["MINARI_DATASETS_PATH"] = old
+
+
+def write_minari_dataset(
+    dataset_id: str,
+    episodes: list[dict[str, np.ndarray]],
+    env_id: str,
+    action_space,
+    observation_space=None,
+    ref_min_score: float | None = None,
+    ref_max_score: float | None = None,
+    algorithm_name: str = "offrl",
+    description: str = "",
+    force: bool = False,
+) -> str:
+    """Store ``episodes`` (dicts of observations (T+1), actions, rewards, terminations,
+    truncations[, infos]) as the Minari dataset ``dataset_id``; returns its directory."""
+    import minari
+    from minari.data_collector.episode_buffer import EpisodeBuffer
+
+    from offrl.data.minari_io import minari_path, minari_root
+
+    root = str(minari_root())
+    final = str(minari_path(dataset_id))
+    if os.path.exists(final) and not force:
+        raise OffrlError(f"{dataset_id} already exists at {final}; pass --force to rebuild it")
+    try:
+        os.makedirs(root, exist_ok=True)
+        staging = tempfile.mkdtemp(prefix=".staging-", dir=root)
+    except OSError as e:
+        raise OffrlError(f"cannot write datasets under {root}: {e.strerror}") from None
+    try:
+        buffers = [
+            EpisodeBuffer(id=i, seed=ep.get("seed"), observations=ep["observations"], actions=ep["actions"],
+                          rewards=ep["rewards"], terminations=ep["terminations"], truncations=ep["truncations"],
+                          infos=ep.get("infos"))
+            for i, ep in enumerate(episodes)
+        ]
+        with _minari_root(staging), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            minari.create_dataset_from_buffers(
+                dataset_id, buffers, env=env_id, action_space=action_space, observation_space=observation_space,
+                ref_min_score=ref_min_score, ref_max_score=ref_max_score, algorithm_name=algorithm_name,
+                author="offrl", code_permalink="https://pypi.org/project/offrl/", description=description,
+            )
+        os.makedirs(os.path.dirname(final), exist_ok=True)
+        if os.path.exists(final):
+            shutil.rmtree(final)
+        os.replace(os.path.join(staging, dataset_id), final)
+        for meta_dir in (os.path.dirname(final), os.path.dirname(os.path.dirname(final))):
+            src = os.path.join(staging, os.path.relpath(meta_dir, root), "namespace_metadata.json")
+            if os.path.exists(src) and not os.path.exists(os.path.join(meta_dir, "namespace_metadata.json")):
+                os.replace(src, os.path.join(meta_dir, "namespace_metadata.json"))
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return final

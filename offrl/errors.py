@@ -1,0 +1,48 @@
+"""User-facing errors.
+
+Anything the user can fix (a bad flag, a missing file, a corrupt dataset, a checkpoint of the
+wrong algorithm) raises :class:`OffrlError`. Command-line entry points catch it and print one
+line ``offrl: error: <message>`` with a non-zero exit status and no traceback.
+"""
+
+from __future__ import annotations
+
+import difflib
+import functools
+import sys
+from typing import Callable, Iterable, TypeVar
+
+T = TypeVar("T")
+
+
+class OffrlError(Exception):
+    """An error caused by user input, reported as one line without a traceback."""
+
+
+def suggest(name: str, choices: Iterable[str], n: int = 3) -> str:
+    """Return ``" (did you mean: a, b?)"`` for the closest ``choices`` to ``name``, or ``""``."""
+    close = difflib.get_close_matches(name, list(choices), n=n, cutoff=0.5)
+    return f" (did you mean: {', '.join(close)}?)" if close else ""
+
+
+def check(cond: bool, message: str) -> None:
+    """Raise :class:`OffrlError` with ``message`` unless ``cond`` holds."""
+    if not cond:
+        raise OffrlError(message)
+
+
+def cli_errors(fn: Callable[..., T]) -> Callable[..., T]:
+    """Decorator for entry points: turn :class:`OffrlError` into a one-line message and exit 2."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except OffrlError as e:
+            print(f"offrl: error: {e}", file=sys.stderr)
+            raise SystemExit(2) from None
+        except KeyboardInterrupt:
+            print("offrl: interrupted", file=sys.stderr)
+            raise SystemExit(130) from None
+
+    return wrapper

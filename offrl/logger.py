@@ -1,0 +1,132 @@
+"""Run logging: TensorBoard events + ``metrics.jsonl`` + a console progress bar.
+
+Update metrics stay on the device: :class:`MetricAccumulator` sums them with one fused op per
+step and turns them into python floats (one host sync) only when a log line is written.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+import time
+from typing import Any
+
+import torch
+
+
+class MetricAccumulator:
+    """Running sums of a fixed set of scalar metric tensors, averaged at log time."""
+
+    def __init__(self):
+        self.keys: list[str] | None = None
+        self.sums: list[torch.Tensor] = []
+        self.count = 0
+
+    def add(self, metrics: dict[str, torch.Tensor]) -> None:
+        values = [v.detach().float() for v in metrics.values()]
+        if self.keys is None or self.count == 0:
+            self.keys = list(metrics.keys())
+            self.sums = [v.clone() for v in values]
+        else:
+            torch._foreach_add_(self.sums, values)
+        self.count += 1
+
+    def pop(self) -> dict[str, float]:
+        """Means since the last pop (one device→host transfer), then reset."""
+        if not self.count or self.keys is None:
+            return {}
+        means = (torch.stack(self.sums) / self.count).tolist()
+        self.count = 0
+        return dict(zip(self.keys, means))
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"keys": self.keys or [], "sums": [s.cpu() for s in self.sums] if self.count else [], "count": self.count}
+
+    def load_state_dict(self, state: dict[str, Any], device) -> None:
+        self.count = int(state["count"])
+        self.keys = list(state["keys"]) or None
+        self.sums = [s.to(device) for s in state["sums"]]
+
+
+class Logger:
+    """Writes scalars to TensorBoard and ``metrics.jsonl`` in ``run_dir`` and drives a tqdm bar.
+
+    On resume (``start_step > 0``) lines of ``metrics.jsonl`` after ``start_step`` are dropped and
+    TensorBoard events after it are purged, so a resumed run's logs equal an uninterrupted run's.
+    """
+
+    def __init__(self, run_dir: str, total_steps: int, start_step: int = 0, progress: bool | None = None,
+                 desc: str = "train", tensorboard: bool = True):
+        self.run_dir = run_dir
+        os.makedirs(run_dir, exist_ok=True)
+        self.jsonl_path = os.path.join(run_dir, "metrics.jsonl")
+        if start_step > 0 and os.path.exists(self.jsonl_path):
+            self._truncate_jsonl(start_step)
+        self._jsonl = open(self.jsonl_path, "a", buffering=1)
+        self.tb = None
+        if tensorboard:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.tb = SummaryWriter(run_dir, purge_step=start_step + 1 if start_step > 0 else None)
+        from tqdm.auto import tqdm
+
+        disable = (not progress) if progress is not None else (None if sys.stderr.isatty() else True)
+        self.bar = tqdm(total=total_steps, initial=start_step, desc=desc, unit="step", dynamic_ncols=True,
+                        disable=disable, smoothing=0.05)
+        self.step = start_step
+        self.t0 = time.time()
+        self.last_score: float | None = None
+
+    def _truncate_jsonl(self, start_step: int) -> None:
+        keep = []
+        with open(self.jsonl_path) as f:
+            for line in f:
+                try:
+                    if json.loads(line).get("step", 0) <= start_step:
+                        keep.append(line)
+                except json.JSONDecodeError:
+                    break  # a torn last line from a killed run
+        tmp = self.jsonl_path + ".tmp"
+        with open(tmp, "w") as f:
+            f.writelines(keep)
+        os.replace(tmp, self.jsonl_path)
+
+    def advance(self, step: int) -> None:
+        """Move the progress bar to ``step``."""
+        if step > self.step:
+            self.bar.update(step - self.step)
+            self.step = step
+
+    def log(self, step: int, metrics: dict[str, float], prefix: str = "") -> None:
+        """Write ``{prefix}{key}: value`` scalars at ``step`` (NaN/inf written as null in JSON)."""
+        if not metrics:
+            return
+        row: dict[str, Any] = {"step": step}
+        for k, v in metrics.items():
+            key = f"{prefix}{k}"
+            v = float(v)
+            row[key] = v if math.isfinite(v) else None
+            if self.tb is not None:
+                self.tb.add_scalar(key, v, step)
+        self._jsonl.write(json.dumps(row) + "\n")
+        if "normalized_score" in metrics and math.isfinite(metrics["normalized_score"]):
+            self.last_score = float(metrics["normalized_score"])
+            self.bar.set_postfix(score=f"{self.last_score:.1f}", refresh=False)
+        elif "return_mean" in metrics and self.last_score is None:
+            self.bar.set_postfix(ret=f"{metrics['return_mean']:.1f}", refresh=False)
+
+    def write(self, message: str) -> None:
+        self.bar.write(message)
+
+    def flush(self) -> None:
+        self._jsonl.flush()
+        if self.tb is not None:
+            self.tb.flush()
+
+    def close(self) -> None:
+        self.bar.close()
+        self._jsonl.close()
+        if self.tb is not None:
+            self.tb.close()

@@ -1,0 +1,237 @@
+"""The shared offline training loop: data → buffer → updates → evaluation → logs → checkpoints.
+
+Algorithm files subclass :class:`OfflineConfig` for their hyperparameters and call
+:func:`run_offline` with their agent class and dataset preprocessing; everything else (seeding,
+devices, resume, logging, evaluation, checkpoints, bad-input checks) happens here once.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+import torch
+
+from offrl.agent import Agent, config_from_dict, config_to_dict, load_checkpoint, save_atomic
+from offrl.errors import OffrlError, check
+from offrl.logger import Logger, MetricAccumulator
+from offrl.utils import resolve_device, rng_state, set_rng_state, set_seed
+
+DEFAULT_DATASET = "offrl/invertedpendulum/scripted-v0"
+
+
+@dataclass
+class OfflineConfig:
+    """Fields every offline algorithm shares."""
+
+    dataset: str = DEFAULT_DATASET
+    """Dataset id: a D4RL name (hopper-medium-v2), a Minari id (mujoco/hopper/medium-v0) or an offrl id (offrl/...). See `offrl datasets list`."""
+    steps: int = 1_000_000
+    """Number of gradient steps."""
+    seed: int = 0
+    """Random seed (torch, numpy, python, buffer sampling; evaluation episodes use seed+10000+i)."""
+    device: str = "auto"
+    """Torch device: auto (cuda when available), cpu, cuda, cuda:N."""
+    batch_size: int = 256
+    """Transitions per gradient step."""
+    eval_every: int = 5000
+    """Evaluate every this many steps (and once at the end); 0 disables periodic evaluation."""
+    eval_episodes: int = 10
+    """Episodes per evaluation, run in a vector env with fixed seeds."""
+    log_every: int = 1000
+    """Write averaged update metrics every this many steps."""
+    checkpoint_every: int = 50_000
+    """Write run_dir/checkpoint.pt every this many steps (and at the end)."""
+    run_dir: str | None = None
+    """Output directory (default runs/<algo>/<dataset>/seed<seed>-<time>)."""
+    resume: str | None = None
+    """Continue from this checkpoint; the run resumes in the checkpoint's directory with its config (flags changed on the command line override)."""
+    compile: bool = False
+    """torch.compile the update step."""
+    threads: int = 0
+    """torch CPU threads (0 = torch's default)."""
+    progress: bool | None = None
+    """Show a progress bar (default: when stderr is a terminal)."""
+
+    def validate(self) -> None:
+        """Raise OffrlError for invalid values (extended by algorithm configs)."""
+        check(self.steps > 0, f"--steps must be positive, got {self.steps}")
+        check(self.batch_size > 0, f"--batch-size must be positive, got {self.batch_size}")
+        check(self.eval_every >= 0, f"--eval-every must be >= 0, got {self.eval_every}")
+        check(self.eval_episodes > 0, f"--eval-episodes must be positive, got {self.eval_episodes}")
+        check(self.log_every > 0, f"--log-every must be positive, got {self.log_every}")
+        check(self.checkpoint_every > 0, f"--checkpoint-every must be positive, got {self.checkpoint_every}")
+        check(self.threads >= 0, f"--threads must be >= 0, got {self.threads}")
+
+    def resolve(self, dataset) -> None:
+        """Fill dataset-dependent defaults (presets) in place; algorithm configs override."""
+
+
+def merge_resume_config(cli_cfg, ckpt_cfg: dict):
+    """Config of a resumed run: the checkpoint's, overridden by fields changed on the command line."""
+    cls = type(cli_cfg)
+    base = config_from_dict(cls, ckpt_cfg)
+    defaults = cls()
+    changes = {}
+    for f in dataclasses.fields(cls):
+        v = getattr(cli_cfg, f.name)
+        if v != getattr(defaults, f.name):
+            changes[f.name] = v
+    return dataclasses.replace(base, **changes)
+
+
+def default_run_dir(algo: str, cfg) -> str:
+    name = cfg.dataset.replace("/", "_")
+    return os.path.join("runs", algo, name, f"seed{cfg.seed}-{time.strftime('%Y%m%d-%H%M%S')}")
+
+
+def check_dims(dataset, env_id: str | None) -> None:
+    """The dataset's observation/action sizes must match its evaluation env's."""
+    if env_id is None:
+        return
+    from offrl.envs import env_dims
+
+    obs_dim, act_dim = env_dims(env_id)
+    if (obs_dim, act_dim) != (dataset.obs_dim, dataset.act_dim):
+        raise OffrlError(
+            f"{dataset.id}: observations/actions have {dataset.obs_dim}/{dataset.act_dim} dims but "
+            f"{env_id} has {obs_dim}/{act_dim}"
+        )
+
+
+@dataclass
+class Prepared:
+    """What an algorithm's preprocessing hands the loop."""
+
+    rewards: np.ndarray | None = None
+    actions: np.ndarray | None = None
+    obs_mean: np.ndarray | None = None
+    obs_std: np.ndarray | None = None
+
+
+def run_offline(
+    cfg: OfflineConfig,
+    agent_cls: type[Agent],
+    prepare: Callable[[OfflineConfig, object], Prepared] | None = None,
+) -> dict:
+    """Train ``agent_cls`` offline on ``cfg.dataset``; returns a summary dict.
+
+    ``prepare(cfg, dataset)`` returns transformed rewards and observation statistics.
+    Writes ``config.json``, ``metrics.jsonl``, TensorBoard events and ``checkpoint.pt`` to the
+    run directory. With ``cfg.resume`` it continues a run exactly where its checkpoint left off.
+    """
+    from offrl.data import load_dataset
+    from offrl.evaluation import evaluate
+
+    ckpt = None
+    run_dir = cfg.run_dir
+    if cfg.resume:
+        ckpt = load_checkpoint(cfg.resume)
+        if ckpt.get("algo") != agent_cls.algo:
+            raise OffrlError(f"{cfg.resume} is a checkpoint of algorithm '{ckpt.get('algo')}', not '{agent_cls.algo}'")
+        if "train" not in ckpt:
+            raise OffrlError(f"{cfg.resume} holds weights only (no training state) and cannot be resumed")
+        cfg = merge_resume_config(cfg, ckpt["config"])
+        run_dir = cfg.run_dir or os.path.dirname(os.path.abspath(cfg.resume))
+    cfg.validate()
+
+    # ---------------------------------------------------------------- data (before any output)
+    dataset = load_dataset(cfg.dataset)
+    cfg.resolve(dataset)
+    cfg.validate()
+    env_id = dataset.env_id
+    check_dims(dataset, env_id)
+    device = resolve_device(cfg.device)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    set_seed(cfg.seed)
+    prep = prepare(cfg, dataset) if prepare else Prepared()
+    from offrl.buffer import ReplayBuffer
+
+    buffer = ReplayBuffer.from_dataset(dataset, device, seed=cfg.seed, rewards=prep.rewards, actions=prep.actions,
+                                       obs_mean=prep.obs_mean, obs_std=prep.obs_std)
+    agent = agent_cls(cfg, dataset.obs_dim, dataset.act_dim, prep.obs_mean, prep.obs_std, device=device)
+    acc = MetricAccumulator()
+    start = 0
+    best = None
+    if ckpt is not None:
+        agent.load_training_state(ckpt)
+        train_state = ckpt["train"]
+        start = int(train_state["step"])
+        buffer.load_state_dict(train_state["buffer"])
+        acc.load_state_dict(train_state["metrics"], device)
+        set_rng_state(train_state["rng"])
+        best = train_state.get("best")
+        if start >= cfg.steps:
+            raise OffrlError(f"{cfg.resume} is already at step {start} >= --steps {cfg.steps}")
+    update = torch.compile(agent.update) if cfg.compile else agent.update
+
+    # ---------------------------------------------------------------- outputs
+    run_dir = run_dir or default_run_dir(agent_cls.algo, cfg)
+    os.makedirs(run_dir, exist_ok=True)
+    meta = {"algo": agent_cls.algo, "config": config_to_dict(cfg), "dataset": dataset.summary(),
+            "env_id": env_id, "device": str(device), "torch": torch.__version__}
+    with open(os.path.join(run_dir, "config.json.tmp"), "w") as f:
+        json.dump(meta, f, indent=2)
+    os.replace(os.path.join(run_dir, "config.json.tmp"), os.path.join(run_dir, "config.json"))
+    logger = Logger(run_dir, cfg.steps, start, cfg.progress, desc=f"{agent_cls.algo} {cfg.dataset}")
+    ckpt_path = os.path.join(run_dir, "checkpoint.pt")
+    ref_min = dataset.metadata.get("ref_min_score")
+    ref_max = dataset.metadata.get("ref_max_score")
+    if env_id is None:
+        logger.write(f"note: {dataset.id} has no evaluation environment; training without evaluation")
+
+    def do_eval(step: int) -> dict:
+        nonlocal best
+        t = time.time()
+        res = evaluate(agent.act, env_id, cfg.eval_episodes, seed=cfg.seed + 10_000,
+                       ref_min_score=ref_min, ref_max_score=ref_max)
+        scalars = {k: v for k, v in res.items() if not isinstance(v, list)}
+        scalars["seconds"] = time.time() - t
+        logger.log(step, scalars, prefix="eval/")
+        key = scalars["normalized_score"] if np.isfinite(scalars["normalized_score"]) else scalars["return_mean"]
+        if best is None or key > best:
+            best = key
+        return res
+
+    def save(step: int) -> None:
+        train_state = {"step": step, "buffer": buffer.state_dict(include_data=False), "metrics": acc.state_dict(),
+                       "rng": rng_state(), "best": best}
+        agent.save(ckpt_path, train=train_state, dataset=dataset.id)
+
+    last_eval: dict = {}
+    t_start = time.time()
+    agent.train()
+    try:
+        for step in range(start + 1, cfg.steps + 1):
+            metrics = update(buffer.sample(cfg.batch_size))
+            acc.add(metrics)
+            if step % cfg.log_every == 0 or step == cfg.steps:
+                logger.log(step, acc.pop(), prefix="train/")
+                logger.advance(step)
+            if env_id is not None and ((cfg.eval_every and step % cfg.eval_every == 0) or step == cfg.steps):
+                last_eval = do_eval(step)
+            if step % cfg.checkpoint_every == 0 or step == cfg.steps:
+                save(step)
+                logger.flush()
+    finally:
+        logger.close()
+    summary = {
+        "algo": agent_cls.algo,
+        "dataset": dataset.id,
+        "steps": cfg.steps,
+        "run_dir": run_dir,
+        "checkpoint": ckpt_path,
+        "seconds": time.time() - t_start,
+        "final_return": last_eval.get("return_mean"),
+        "final_normalized_score": last_eval.get("normalized_score"),
+        "best": best,
+    }
+    with open(os.path.join(run_dir, "summary.json"), "w") as f:
+        json.dump(summary, f, indent=2)
+    return summary
