@@ -23,6 +23,7 @@ States are not normalized (official code; CORL normalizes — `--normalize-state
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass
 from typing import Literal
@@ -234,7 +235,9 @@ def train(cfg: Config) -> dict:
 def main(argv: list[str] | None = None) -> dict:
     from offrl.cli import parse_config
 
-    return train(parse_config(Config, argv, prog="iql", description=__doc__))
+    summary = train(parse_config(Config, argv, prog="iql", description=__doc__))
+    print(json.dumps(summary))
+    return summary
 
 
 if __name__ == "__main__":

@@ -128,9 +128,18 @@ class Agent(nn.Module):
         }
 
     def load_training_state(self, state: dict[str, Any]) -> None:
-        self.load_state_dict(state["agent"])
+        try:
+            self.load_state_dict(state["agent"])
+        except (RuntimeError, KeyError) as e:
+            lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+            detail = lines[-1] if lines else type(e).__name__
+            raise OffrlError(f"the checkpoint's weights do not fit this {self.algo} config ({detail}); "
+                             "flags that change the networks cannot be changed on resume") from None
         for k, o in self.optimizers.items():
             o.load_state_dict(state["optimizers"][k])
+            for group in o.param_groups:  # a tensor lr (in-place schedules) must stay on our device
+                if isinstance(group["lr"], torch.Tensor):
+                    group["lr"] = group["lr"].to(self.device)
         for k, s in self.schedulers.items():
             s.load_state_dict(state["schedulers"][k])
 
@@ -158,7 +167,10 @@ class Agent(nn.Module):
         if device is None:
             device = "cuda" if torch.cuda.is_available() else "cpu"
         agent = cls(cfg, ckpt["dims"]["obs_dim"], ckpt["dims"]["act_dim"], device=device)
-        agent.load_training_state(ckpt)
+        try:
+            agent.load_training_state(ckpt)
+        except OffrlError as e:
+            raise OffrlError(f"{path}: {e}") from None
         return agent
 
     @classmethod

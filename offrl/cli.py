@@ -2,7 +2,7 @@
 
     offrl train ALGO [flags]            same flags as `python algos/ALGO.py`
     offrl eval CHECKPOINT [--episodes N] [--video]
-    offrl datasets list | info ID
+    offrl datasets list | info ID | make ID [--force]
     offrl bench update --algo iql --device cpu --steps N
 """
 
@@ -13,7 +13,7 @@ import json
 import sys
 from typing import Sequence, TypeVar
 
-from offrl.errors import OffrlError, cli_errors
+from offrl.errors import OffrlError, cli_errors, json_safe
 
 T = TypeVar("T")
 
@@ -34,7 +34,7 @@ def _train(args: list[str]) -> int:
         return 0
     module = load_algo(args[0])
     summary = module.train(parse_config(module.Config, args[1:], prog=f"offrl train {args[0]}", description=module.__doc__))
-    print(json.dumps(summary))
+    print(json.dumps(json_safe(summary)))
     return 0
 
 
@@ -62,14 +62,16 @@ def _eval(args: list[str]) -> int:
     ckpt = load_checkpoint(a.checkpoint)
     agent = agent_class(load_algo(ckpt["algo"])).from_checkpoint(ckpt, device=resolve_device(a.device), path=a.checkpoint)
     dataset_id = ckpt.get("dataset") or ckpt["config"].get("dataset")
-    ref_min = ref_max = None
-    env_id = a.env
-    try:
-        info = get_info(dataset_id)
-        env_id = env_id or info.env_id
-        ref_min, ref_max = info.ref_min_score, info.ref_max_score
-    except OffrlError:
-        pass
+    # training stores the evaluation env and reference scores it used; fall back to the registry
+    env = dict(ckpt.get("env") or {})
+    if not env:
+        try:
+            info = get_info(dataset_id)
+            env = {"env_id": info.env_id, "ref_min_score": info.ref_min_score, "ref_max_score": info.ref_max_score}
+        except OffrlError:
+            pass
+    env_id = a.env or env.get("env_id")
+    ref_min, ref_max = env.get("ref_min_score"), env.get("ref_max_score")
     if env_id is None:
         raise OffrlError(f"no evaluation environment known for dataset '{dataset_id}'; pass --env")
     video = os.path.join(os.path.dirname(os.path.abspath(a.checkpoint)), "eval.mp4") if a.video else None
@@ -81,7 +83,7 @@ def _eval(args: list[str]) -> int:
     if not a.json:
         print(f"{ckpt['algo']} on {env_id}: return {res['return_mean']:.1f} ± {res['return_std']:.1f}, "
               f"normalized score {res['normalized_score']:.1f} over {a.episodes} episodes", file=sys.stderr)
-    print(json.dumps(res))
+    print(json.dumps(json_safe(res)))
     return 0
 
 
@@ -91,13 +93,24 @@ def _datasets(args: list[str]) -> int:
     sub.add_parser("list", help="every known dataset id, its source, env, reference scores and whether it is present")
     info = sub.add_parser("info", help="everything about one dataset")
     info.add_argument("id", help="dataset id, e.g. hopper-medium-v2")
+    make = sub.add_parser("make", help="build one of offrl's own datasets")
+    make.add_argument("id", help="dataset id, e.g. offrl/invertedpendulum/scripted-v0")
+    make.add_argument("--force", action="store_true", help="rebuild even if the dataset is present")
     a = p.parse_args(args)
     from offrl import data
 
     if a.cmd == "list":
         data.print_list()
-    else:
+    elif a.cmd == "info":
         data.print_info(a.id)
+    else:
+        info = data.get_info(a.id)
+        if info.builder is None:
+            raise OffrlError(f"{a.id} is a {info.source} dataset; offrl has no recipe to build it")
+        if data.is_present(a.id) and not a.force:
+            raise OffrlError(f"{a.id} is already present at {data.dataset_path(a.id)}; pass --force to rebuild it")
+        path = info.builder(info, force=a.force)
+        print(json.dumps({"id": a.id, "path": str(path), **data.load_dataset(a.id, download=False).summary()}))
     return 0
 
 

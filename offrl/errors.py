@@ -25,6 +25,19 @@ def suggest(name: str, choices: Iterable[str], n: int = 3) -> str:
     return f" (did you mean: {', '.join(close)}?)" if close else ""
 
 
+def json_safe(value):
+    """Replace NaN/inf floats (not valid JSON) by None, recursively."""
+    import math
+
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    return value
+
+
 def check(cond: bool, message: str) -> None:
     """Raise :class:`OffrlError` with ``message`` unless ``cond`` holds."""
     if not cond:
@@ -41,6 +54,9 @@ def cli_errors(fn: Callable[..., T]) -> Callable[..., T]:
         except OffrlError as e:
             print(f"offrl: error: {e}", file=sys.stderr)
             raise SystemExit(2) from None
+        except BrokenPipeError:  # output piped into `head` and closed early
+            sys.stderr.close()
+            raise SystemExit(0) from None
         except KeyboardInterrupt:
             print("offrl: interrupted", file=sys.stderr)
             raise SystemExit(130) from None

@@ -42,12 +42,12 @@ class MetricAccumulator:
         return dict(zip(self.keys, means))
 
     def state_dict(self) -> dict[str, Any]:
-        return {"keys": self.keys or [], "sums": [s.cpu() for s in self.sums] if self.count else [], "count": self.count}
+        return {"keys": self.keys or [], "sums": [s.detach().cpu().clone() for s in self.sums] if self.count else [], "count": self.count}
 
     def load_state_dict(self, state: dict[str, Any], device) -> None:
         self.count = int(state["count"])
         self.keys = list(state["keys"]) or None
-        self.sums = [s.to(device) for s in state["sums"]]
+        self.sums = [s.to(device, copy=True) for s in state["sums"]]
 
 
 class Logger:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 
 from offrl.errors import OffrlError
@@ -9,11 +11,13 @@ from offrl.errors import OffrlError
 
 def dataset_domain(dataset_id: str) -> str:
     """``"antmaze"``, ``"kitchen"``, ``"adroit"`` or ``"locomotion"`` from a dataset id."""
-    name = dataset_id.lower()
-    for domain, keys in (("antmaze", ("antmaze",)), ("kitchen", ("kitchen",)),
-                         ("adroit", ("pen-", "hammer-", "door-", "relocate-", "pen/", "hammer/", "door/", "relocate/"))):
-        if any(k in name for k in keys):
-            return domain
+    tokens = set(re.split(r"[-/_]", dataset_id.lower()))
+    if "antmaze" in tokens:
+        return "antmaze"
+    if "kitchen" in tokens:
+        return "kitchen"
+    if tokens & {"pen", "hammer", "door", "relocate"}:
+        return "adroit"
     return "locomotion"
 
 

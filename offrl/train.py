@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from offrl.agent import Agent, config_from_dict, config_to_dict, load_checkpoint, save_atomic
-from offrl.errors import OffrlError, check
+from offrl.errors import OffrlError, check, json_safe
 from offrl.logger import Logger, MetricAccumulator
 from offrl.utils import resolve_device, rng_state, set_rng_state, set_seed
 
@@ -90,18 +90,24 @@ def default_run_dir(algo: str, cfg) -> str:
     return os.path.join("runs", algo, name, f"seed{cfg.seed}-{time.strftime('%Y%m%d-%H%M%S')}")
 
 
-def check_dims(dataset, env_id: str | None) -> None:
-    """The dataset's observation/action sizes must match its evaluation env's."""
+def check_dims(dataset, env_id: str | None) -> str | None:
+    """The evaluation env for ``dataset``: ``env_id`` if it exists here and its observation/action
+    sizes match the dataset's (else OffrlError); None when there is none or it is not installed."""
     if env_id is None:
-        return
+        return None
+    import gymnasium as gym
+
     from offrl.envs import env_dims
 
+    if env_id not in gym.registry:
+        return None
     obs_dim, act_dim = env_dims(env_id)
     if (obs_dim, act_dim) != (dataset.obs_dim, dataset.act_dim):
         raise OffrlError(
             f"{dataset.id}: observations/actions have {dataset.obs_dim}/{dataset.act_dim} dims but "
             f"{env_id} has {obs_dim}/{act_dim}"
         )
+    return env_id
 
 
 @dataclass
@@ -136,16 +142,16 @@ def run_offline(
             raise OffrlError(f"{cfg.resume} is a checkpoint of algorithm '{ckpt.get('algo')}', not '{agent_cls.algo}'")
         if "train" not in ckpt:
             raise OffrlError(f"{cfg.resume} holds weights only (no training state) and cannot be resumed")
-        cfg = merge_resume_config(cfg, ckpt["config"])
+        # the run continues where its checkpoint lies, unless --run-dir is given now
         run_dir = cfg.run_dir or os.path.dirname(os.path.abspath(cfg.resume))
+        cfg = dataclasses.replace(merge_resume_config(cfg, ckpt["config"]), run_dir=run_dir)
     cfg.validate()
 
     # ---------------------------------------------------------------- data (before any output)
     dataset = load_dataset(cfg.dataset)
     cfg.resolve(dataset)
     cfg.validate()
-    env_id = dataset.env_id
-    check_dims(dataset, env_id)
+    env_id = check_dims(dataset, dataset.env_id)
     device = resolve_device(cfg.device)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
@@ -177,14 +183,15 @@ def run_offline(
     meta = {"algo": agent_cls.algo, "config": config_to_dict(cfg), "dataset": dataset.summary(),
             "env_id": env_id, "device": str(device), "torch": torch.__version__}
     with open(os.path.join(run_dir, "config.json.tmp"), "w") as f:
-        json.dump(meta, f, indent=2)
+        json.dump(json_safe(meta), f, indent=2)
     os.replace(os.path.join(run_dir, "config.json.tmp"), os.path.join(run_dir, "config.json"))
     logger = Logger(run_dir, cfg.steps, start, cfg.progress, desc=f"{agent_cls.algo} {cfg.dataset}")
     ckpt_path = os.path.join(run_dir, "checkpoint.pt")
     ref_min = dataset.metadata.get("ref_min_score")
     ref_max = dataset.metadata.get("ref_max_score")
     if env_id is None:
-        logger.write(f"note: {dataset.id} has no evaluation environment; training without evaluation")
+        why = "is not installed" if dataset.env_id else "is not known"
+        logger.write(f"note: the evaluation env of {dataset.id} ({dataset.env_id}) {why}; training without evaluation")
 
     def do_eval(step: int) -> dict:
         nonlocal best
@@ -202,7 +209,8 @@ def run_offline(
     def save(step: int) -> None:
         train_state = {"step": step, "buffer": buffer.state_dict(include_data=False), "metrics": acc.state_dict(),
                        "rng": rng_state(), "best": best}
-        agent.save(ckpt_path, train=train_state, dataset=dataset.id)
+        agent.save(ckpt_path, train=train_state, dataset=dataset.id,
+                   env={"env_id": env_id, "ref_min_score": ref_min, "ref_max_score": ref_max})
 
     last_eval: dict = {}
     t_start = time.time()
@@ -232,6 +240,7 @@ def run_offline(
         "final_normalized_score": last_eval.get("normalized_score"),
         "best": best,
     }
+    summary = json_safe(summary)
     with open(os.path.join(run_dir, "summary.json"), "w") as f:
         json.dump(summary, f, indent=2)
     return summary

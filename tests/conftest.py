@@ -30,3 +30,31 @@ def temp_register(monkeypatch: pytest.MonkeyPatch) -> Callable:
         return info
 
     return _register
+
+
+# ----------------------------------------------------------------------------- shared core
+@pytest.fixture(scope="session")
+def scripted_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A Minari root holding a build of ``offrl/invertedpendulum/scripted-v0`` (~12 s, once).
+
+    Built once per session. Treat it as read-only; point ``MINARI_DATASETS_PATH`` at it (e.g. with
+    the ``use_scripted`` fixture, or in a subprocess's environment) to use it.
+    """
+    from offrl.data.builtin import build_scripted
+
+    root = tmp_path_factory.mktemp("scripted_minari")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MINARI_DATASETS_PATH", str(root))
+        mp.setenv("D4RL_DATASET_DIR", str(tmp_path_factory.mktemp("scripted_d4rl")))
+        build_scripted()  # the full 20k-step dataset: the IQL learning test trains on it
+    return root
+
+
+@pytest.fixture
+def use_scripted(scripted_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Point this test's Minari root at ``scripted_root`` and the D4RL cache at an empty temp dir."""
+    d4rl = tmp_path / "d4rl-empty"
+    d4rl.mkdir()
+    monkeypatch.setenv("MINARI_DATASETS_PATH", str(scripted_root))
+    monkeypatch.setenv("D4RL_DATASET_DIR", str(d4rl))
+    return scripted_root

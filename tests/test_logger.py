@@ -1,0 +1,163 @@
+"""Logging: metric averaging on the device, metrics.jsonl rows, TensorBoard events, resume truncation."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from offrl.logger import Logger, MetricAccumulator
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def tb_scalars(run_dir: Path, tag: str) -> list[tuple[int, float]]:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(run_dir))
+    acc.Reload()
+    return [(e.step, e.value) for e in acc.Scalars(tag)]
+
+
+# ----------------------------------------------------------------------------- accumulator
+def test_accumulator_averages_and_pop_resets():
+    acc = MetricAccumulator()
+    assert acc.pop() == {}
+    for i in range(4):
+        acc.add({"loss": torch.tensor(float(i)), "q": torch.tensor(2.0 * i, requires_grad=True)})
+    assert acc.pop() == pytest.approx({"loss": 1.5, "q": 3.0})
+    assert acc.pop() == {}
+    acc.add({"loss": torch.tensor(10.0), "q": torch.tensor(-1.0)})
+    assert acc.pop() == pytest.approx({"loss": 10.0, "q": -1.0})
+
+
+def test_accumulator_does_not_alias_its_inputs():
+    acc = MetricAccumulator()
+    x = torch.tensor(1.0)
+    acc.add({"x": x})
+    x += 100  # an update step reusing its metric tensor in place
+    acc.add({"x": torch.tensor(3.0)})
+    assert acc.pop() == pytest.approx({"x": 2.0})
+
+
+def test_accumulator_integer_metrics_average_as_float():
+    acc = MetricAccumulator()
+    acc.add({"n": torch.tensor(1)})
+    acc.add({"n": torch.tensor(2)})
+    assert acc.pop() == pytest.approx({"n": 1.5})
+
+
+def test_accumulator_state_round_trip():
+    acc = MetricAccumulator()
+    acc.add({"a": torch.tensor(1.0), "b": torch.tensor(4.0)})
+    acc.add({"a": torch.tensor(2.0), "b": torch.tensor(6.0)})
+    restored = MetricAccumulator()
+    restored.load_state_dict(acc.state_dict(), "cpu")
+    restored.add({"a": torch.tensor(3.0), "b": torch.tensor(8.0)})
+    assert restored.pop() == pytest.approx({"a": 2.0, "b": 6.0})
+
+
+def test_accumulator_state_round_trip_when_empty():
+    acc = MetricAccumulator()
+    acc.add({"a": torch.tensor(1.0)})
+    acc.pop()
+    restored = MetricAccumulator()
+    restored.load_state_dict(acc.state_dict(), "cpu")
+    assert restored.pop() == {}
+    restored.add({"a": torch.tensor(5.0)})
+    assert restored.pop() == pytest.approx({"a": 5.0})
+
+
+# ----------------------------------------------------------------------------- logger
+def test_logger_writes_jsonl_and_tensorboard(tmp_path):
+    run = tmp_path / "run"
+    log = Logger(str(run), total_steps=10, progress=False)
+    log.log(5, {"loss": 0.5, "q": 2.0}, prefix="train/")
+    log.log(5, {"return_mean": 12.0, "normalized_score": float("nan")}, prefix="eval/")
+    log.log(6, {})  # nothing to write
+    log.log(10, {"loss": 0.25, "q": float("inf")}, prefix="train/")
+    log.advance(10)
+    log.close()
+    rows = read_jsonl(run / "metrics.jsonl")
+    assert rows == [
+        {"step": 5, "train/loss": 0.5, "train/q": 2.0},
+        {"step": 5, "eval/return_mean": 12.0, "eval/normalized_score": None},
+        {"step": 10, "train/loss": 0.25, "train/q": None},
+    ]
+    assert list(run.glob("events.out.tfevents*"))
+    assert tb_scalars(run, "train/loss") == [(5, 0.5), (10, 0.25)]
+    assert tb_scalars(run, "eval/return_mean") == [(5, 12.0)]
+
+
+def test_logger_without_tensorboard(tmp_path):
+    log = Logger(str(tmp_path), total_steps=3, progress=False, tensorboard=False)
+    log.log(1, {"x": 1.0})
+    log.close()
+    assert read_jsonl(tmp_path / "metrics.jsonl") == [{"step": 1, "x": 1.0}]
+    assert not list(tmp_path.glob("events.out.tfevents*"))
+
+
+def test_logger_appends_when_not_resuming(tmp_path):
+    (tmp_path / "metrics.jsonl").write_text(json.dumps({"step": 50, "x": 1.0}) + "\n")
+    log = Logger(str(tmp_path), total_steps=100, progress=False, tensorboard=False)
+    log.log(60, {"x": 2.0})
+    log.close()
+    assert [r["step"] for r in read_jsonl(tmp_path / "metrics.jsonl")] == [50, 60]
+
+
+def test_resume_truncates_rows_after_start_step_and_torn_line(tmp_path):
+    lines = [json.dumps({"step": s, "train/x": float(s)}) for s in (5, 10, 10, 15, 20)]
+    (tmp_path / "metrics.jsonl").write_text("\n".join(lines) + "\n" + '{"step": 25, "train/x": 2')  # killed mid-write
+    log = Logger(str(tmp_path), total_steps=30, start_step=10, progress=False, tensorboard=False)
+    log.log(15, {"x": -1.0}, prefix="train/")
+    log.close()
+    rows = read_jsonl(tmp_path / "metrics.jsonl")
+    assert [r["step"] for r in rows] == [5, 10, 10, 15]
+    assert rows[-1]["train/x"] == -1.0
+
+
+def test_resume_purges_tensorboard_events_after_start_step(tmp_path):
+    log = Logger(str(tmp_path), total_steps=4, progress=False)
+    for step in range(1, 5):
+        log.log(step, {"x": float(step)})
+    log.close()
+    resumed = Logger(str(tmp_path), total_steps=4, start_step=2, progress=False)
+    for step in (3, 4):
+        resumed.log(step, {"x": 10.0 * step})
+    resumed.close()
+    assert tb_scalars(tmp_path, "x") == [(1, 1.0), (2, 2.0), (3, 30.0), (4, 40.0)]
+    assert [r["x"] for r in read_jsonl(tmp_path / "metrics.jsonl")] == [1.0, 2.0, 30.0, 40.0]
+
+
+def test_logger_progress_bar_position(tmp_path):
+    log = Logger(str(tmp_path), total_steps=100, start_step=40, progress=False, tensorboard=False)
+    assert log.step == 40
+    log.advance(30)  # never backwards
+    assert log.step == 40
+    log.advance(55)
+    assert log.step == 55
+    log.log(55, {"normalized_score": 42.0, "return_mean": 1.0})
+    assert log.last_score == 42.0
+    log.log(56, {"normalized_score": math.nan})
+    assert log.last_score == 42.0
+    log.close()
+
+
+def test_accumulator_load_state_does_not_alias_the_source():
+    """Restoring from a state must copy it: adding to the restored accumulator may not change the
+    state it was loaded from (nor the accumulator that produced it)."""
+    acc = MetricAccumulator()
+    acc.add({"a": torch.tensor(1.0)})
+    state = acc.state_dict()
+    restored = MetricAccumulator()
+    restored.load_state_dict(state, "cpu")
+    restored.add({"a": torch.tensor(5.0)})
+    assert state["sums"][0].item() == 1.0
+    acc.add({"a": torch.tensor(3.0)})
+    assert acc.pop() == pytest.approx({"a": 2.0})
+    assert restored.pop() == pytest.approx({"a": 3.0})
