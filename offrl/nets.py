@@ -20,7 +20,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
-    "relu": nn.ReLU,
+    "relu": lambda: nn.ReLU(inplace=True),  # in place: no extra buffer; safe after linear/norm layers
     "tanh": nn.Tanh,
     "elu": nn.ELU,
     "gelu": nn.GELU,
