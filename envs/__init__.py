@@ -38,6 +38,16 @@ def d4rl_env_id(dataset_name: str) -> str | None:
     return D4RL_ENV_MAP[family][0]
 
 
+# D4RL reference scores by env family (d4rl/infos.py), so online returns read like the literature
+_REF_SCORES = {"Hopper": (-20.272305, 3234.3), "HalfCheetah": (-280.178953, 12135.0),
+               "Walker2d": (1.629008, 4592.3), "Ant": (-325.6, 3879.7)}
+
+
+def reference_scores(env_id: str) -> tuple[float | None, float | None]:
+    """D4RL (min, max) reference returns for a Gymnasium locomotion env id, else (None, None)."""
+    return _REF_SCORES.get(env_id.split("-")[0], (None, None))
+
+
 def _check_env_id(env_id: str) -> None:
     if env_id not in gym.registry:
         raise OffrlError(f"unknown environment '{env_id}'" + suggest(env_id, gym.registry.keys()))
@@ -99,4 +109,4 @@ class NormalizeObservation(gym.ObservationWrapper):
         return ((observation - self.mean) / self.std).astype(np.float32)
 
 
-__all__ = ["D4RL_ENV_MAP", "d4rl_env_id", "make_env", "make_vec_env", "env_dims", "NormalizeObservation"]
+__all__ = ["D4RL_ENV_MAP", "reference_scores", "d4rl_env_id", "make_env", "make_vec_env", "env_dims", "NormalizeObservation"]

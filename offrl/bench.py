@@ -17,7 +17,7 @@ import torch
 
 from offrl.errors import OffrlError
 
-ALGOS = ["iql"]
+ALGOS = ["iql", "sac"]
 
 
 def load_algo(name: str):
@@ -53,7 +53,9 @@ def bench_update(algo: str = "iql", device: str = "cpu", steps: int = 1000, warm
         torch.set_num_threads(threads)
     set_seed(seed)
     # presets resolve from the dataset id; the default one is a locomotion-style dataset
-    cfg = module.Config(steps=steps + warmup, batch_size=batch_size, device=str(dev), compile=compile)
+    cfg = module.Config(batch_size=batch_size, device=str(dev), compile=compile)
+    if hasattr(cfg, "steps"):  # offline configs: schedules run over the benchmark's updates
+        cfg.steps = steps + warmup
     cfg.resolve(None)
     rng = np.random.default_rng(seed)
     buf = ReplayBuffer(obs_dim, act_dim, rows, dev, seed)

@@ -1,0 +1,153 @@
+"""SAC: Soft Actor-Critic with automatic entropy tuning (Haarnoja et al., 2018).
+
+Off-policy maximum-entropy RL: twin Q critics with Polyak targets, a tanh-squashed Gaussian policy,
+and a temperature α tuned so the policy's entropy tracks a target (−|A|). Online, on the shared
+collector and replay buffer (truncation is not termination).
+
+Update per step (critic, then actor and α, then targets):
+
+    a', log π(a'|s') ~ π(·|s')
+    y     = r + γ (1 − d) [ min(Q̄₁, Q̄₂)(s', a') − α log π(a'|s') ]
+    L_Q   = E[ (Q₁(s,a) − y)² + (Q₂(s,a) − y)² ]
+    ã, log π(ã|s) ~ π(·|s)                     (reparameterized)
+    L_π   = E[ α log π(ã|s) − min(Q₁, Q₂)(s, ã) ]
+    L_α   = E[ −log α · (log π(ã|s) + H̄) ]      (H̄ = target entropy = −|A|; rlkit's form)
+    Q̄     ← τ Q + (1 − τ) Q̄                     (τ = 0.005)
+
+Networks 2×256 ReLU, lr 3e-4 (Adam) for actor, critics and α, batch 256, γ 0.99, 5000 uniform-random
+warm-up steps, one update per env step.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from offrl.agent import Agent
+from offrl.errors import check, cli_errors
+from offrl.nets import EnsembleCritic, TanhGaussianActor, soft_update_
+from offrl.online import OnlineConfig, run_online
+
+
+@dataclass
+class Config(OnlineConfig):
+    """Soft Actor-Critic with automatic entropy tuning."""
+
+    discount: float = 0.99
+    """Discount γ."""
+    tau: float = 0.005
+    """Polyak rate of the target critics."""
+    actor_lr: float = 3e-4
+    """Actor learning rate."""
+    critic_lr: float = 3e-4
+    """Critic learning rate."""
+    alpha_lr: float = 3e-4
+    """Temperature learning rate."""
+    init_alpha: float = 1.0
+    """Initial temperature α."""
+    autotune: bool = True
+    """Tune α towards the target entropy (else keep init_alpha)."""
+    target_entropy: float | None = None
+    """Target entropy H̄ (default −|A|)."""
+    hidden: tuple[int, ...] = (256, 256)
+    """Hidden sizes of actor and critics."""
+
+    def validate(self) -> None:
+        super().validate()
+        check(0.0 <= self.discount <= 1.0, f"--discount must be in [0, 1], got {self.discount}")
+        check(0.0 < self.tau <= 1.0, f"--tau must be in (0, 1], got {self.tau}")
+        check(self.init_alpha > 0, f"--init-alpha must be positive, got {self.init_alpha}")
+
+
+class SAC(Agent):
+    """SAC agent: ``update(batch) -> metrics``, ``act(obs)`` (tanh of the mean), ``explore(obs)`` (a sample)."""
+
+    algo = "sac"
+    Config = Config
+
+    def __init__(self, cfg: Config, obs_dim: int, act_dim: int, obs_mean=None, obs_std=None, device="cpu"):
+        super().__init__(cfg, obs_dim, act_dim, obs_mean, obs_std, device)
+        hidden = tuple(cfg.hidden)
+        self.actor = TanhGaussianActor(obs_dim, act_dim, hidden)
+        self.critic = EnsembleCritic(obs_dim, act_dim, 2, hidden)
+        self.critic_target = EnsembleCritic(obs_dim, act_dim, 2, hidden)
+        self.critic_target.load_state_dict(self.critic.state_dict())
+        self.critic_target.requires_grad_(False)
+        self.log_alpha = torch.nn.Parameter(torch.tensor(float(np.log(cfg.init_alpha))))
+        self.target_entropy = float(-act_dim if cfg.target_entropy is None else cfg.target_entropy)
+        self.to(self.device)
+        fused = dict(fused=True) if self.device.type in ("cpu", "cuda") else {}
+        self.optimizers = {
+            "actor": torch.optim.Adam(self.actor.parameters(), lr=cfg.actor_lr, **fused),
+            "critic": torch.optim.Adam(self.critic.parameters(), lr=cfg.critic_lr, **fused),
+            "alpha": torch.optim.Adam([self.log_alpha], lr=cfg.alpha_lr),
+        }
+
+    def policy(self, obs: torch.Tensor, deterministic: bool = True) -> torch.Tensor:
+        return self.actor.act(obs, deterministic)
+
+    @torch.no_grad()
+    def explore(self, obs) -> np.ndarray:
+        """Sampled actions for a batch of raw observations (the collector's behaviour)."""
+        return self.act(obs, deterministic=False)
+
+    def update(self, batch) -> dict[str, torch.Tensor]:
+        cfg = self.cfg
+        obs, act, rew, next_obs, done = batch
+        opt = self.optimizers
+        alpha = self.log_alpha.detach().exp()
+
+        with torch.no_grad():
+            next_act, next_logp = self.actor.sample(next_obs)
+            next_q = self.critic_target(next_obs, next_act).min(0).values - alpha * next_logp
+            y = rew + cfg.discount * (1.0 - done) * next_q
+        q = self.critic(obs, act)
+        critic_loss = (q - y).square().sum(0).mean()
+        opt["critic"].zero_grad(set_to_none=True)
+        critic_loss.backward()
+        opt["critic"].step()
+
+        new_act, logp = self.actor.sample(obs)
+        q_pi = self.critic(obs, new_act).min(0).values
+        actor_loss = (alpha * logp - q_pi).mean()
+        opt["actor"].zero_grad(set_to_none=True)
+        actor_loss.backward()
+        opt["actor"].step()
+        self.critic.zero_grad(set_to_none=True)  # the actor loss also reached the critic's grads
+
+        alpha_loss = -(self.log_alpha * (logp.detach() + self.target_entropy)).mean()
+        if cfg.autotune:
+            opt["alpha"].zero_grad(set_to_none=True)
+            alpha_loss.backward()
+            opt["alpha"].step()
+
+        soft_update_(self.critic_target, self.critic, cfg.tau)
+        return {
+            "critic_loss": critic_loss.detach(),
+            "actor_loss": actor_loss.detach(),
+            "alpha_loss": alpha_loss.detach(),
+            "alpha": alpha,
+            "entropy": -logp.detach().mean(),
+            "q_mean": q.detach().mean(),
+        }
+
+
+def train(cfg: Config) -> dict:
+    """Train SAC online in ``cfg.env``; returns the run summary."""
+    return run_online(cfg, SAC)
+
+
+@cli_errors
+def main(argv: list[str] | None = None) -> dict:
+    from offrl.cli import parse_config
+
+    summary = train(parse_config(Config, argv, prog="sac", description=__doc__))
+    print(json.dumps(summary))
+    return summary
+
+
+if __name__ == "__main__":
+    main()
