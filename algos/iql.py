@@ -23,17 +23,15 @@ States are not normalized (official code; CORL normalizes — `--normalize-state
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from offrl.agent import Agent
-from offrl.errors import check, cli_errors
+from offrl.errors import check
 from offrl.nets import EnsembleCritic, GaussianActor, DeterministicActor, ValueNet, orthogonal_init_, soft_update_
 from offrl.preprocess import dataset_domain, return_range_scale
 from offrl.train import OfflineConfig, Prepared, run_offline
@@ -231,13 +229,11 @@ def train(cfg: Config) -> dict:
     return run_offline(cfg, IQL, prepare)
 
 
-@cli_errors
 def main(argv: list[str] | None = None) -> dict:
-    from offrl.cli import parse_config
+    """``python algos/iql.py [flags]``: parse flags, train, print the summary JSON line."""
+    from offrl.cli import run_script
 
-    summary = train(parse_config(Config, argv, prog="iql", description=__doc__))
-    print(json.dumps(summary))
-    return summary
+    return run_script(Config, train, argv, prog="iql", description=__doc__)
 
 
 if __name__ == "__main__":

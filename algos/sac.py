@@ -20,14 +20,13 @@ warm-up steps, one update per env step.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
 from offrl.agent import Agent
-from offrl.errors import check, cli_errors
+from offrl.errors import check
 from offrl.nets import EnsembleCritic, TanhGaussianActor, soft_update_
 from offrl.online import OnlineConfig, run_online
 
@@ -140,13 +139,11 @@ def train(cfg: Config) -> dict:
     return run_online(cfg, SAC)
 
 
-@cli_errors
 def main(argv: list[str] | None = None) -> dict:
-    from offrl.cli import parse_config
+    """``python algos/sac.py [flags]``: parse flags, train, print the summary JSON line."""
+    from offrl.cli import run_script
 
-    summary = train(parse_config(Config, argv, prog="sac", description=__doc__))
-    print(json.dumps(summary))
-    return summary
+    return run_script(Config, train, argv, prog="sac", description=__doc__)
 
 
 if __name__ == "__main__":

@@ -26,6 +26,15 @@ def parse_config(cls: type[T], argv: Sequence[str] | None = None, prog: str | No
     return tyro.cli(cls, args=argv, prog=prog, description=description)
 
 
+@cli_errors
+def run_script(cls: type, train, argv: Sequence[str] | None = None, prog: str | None = None,
+               description: str | None = None) -> dict:
+    """What an algorithm file's ``__main__`` does: parse its config, train, print the summary as JSON."""
+    summary = train(parse_config(cls, argv, prog=prog, description=description))
+    print(json.dumps(json_safe(summary)))
+    return summary
+
+
 def _train(args: list[str]) -> int:
     from offrl.bench import ALGOS, load_algo
 
@@ -33,8 +42,7 @@ def _train(args: list[str]) -> int:
         print(f"usage: offrl train ALGO [flags]   (ALGO: {', '.join(ALGOS)}; `offrl train ALGO --help` lists the flags)")
         return 0
     module = load_algo(args[0])
-    summary = module.train(parse_config(module.Config, args[1:], prog=f"offrl train {args[0]}", description=module.__doc__))
-    print(json.dumps(json_safe(summary)))
+    run_script(module.Config, module.train, args[1:], prog=f"offrl train {args[0]}", description=module.__doc__)
     return 0
 
 

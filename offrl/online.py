@@ -9,7 +9,6 @@ counter and RNG, and the collector's episode accumulators, so a resumed run cont
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import time
@@ -19,62 +18,37 @@ import gymnasium as gym
 import numpy as np
 import torch
 
-from offrl.agent import Agent, config_to_dict, load_checkpoint
+from offrl.agent import Agent, config_to_dict
+from offrl.config import RunConfig, open_resume
 from offrl.errors import OffrlError, check, json_safe
 from offrl.logger import Logger, MetricAccumulator
 from offrl.utils import resolve_device, rng_state, set_rng_state, set_seed
 
 
 @dataclass
-class OnlineConfig:
-    """Fields every online algorithm shares."""
+class OnlineConfig(RunConfig):
+    """Fields every online algorithm shares (step counts are environment steps)."""
 
     env: str = "Hopper-v5"
     """Gymnasium env id (actions are rescaled to [-1, 1])."""
     total_steps: int = 1_000_000
     """Environment steps (summed over the vector env's copies)."""
-    seed: int = 0
-    """Random seed (torch, numpy, python, buffer, env copy i gets seed+i; evaluation uses seed+10000+i)."""
-    device: str = "auto"
-    """Torch device: auto (cuda when available), cpu, cuda, cuda:N."""
     num_envs: int = 1
     """Environment copies stepped together."""
     learning_starts: int = 5000
     """Uniform-random actions for this many env steps before the policy acts and updates begin."""
-    batch_size: int = 256
-    """Transitions per gradient step."""
     updates_per_step: float = 1.0
     """Gradient steps per env step (after learning_starts)."""
     buffer_size: int = 1_000_000
     """Replay buffer capacity."""
     eval_every: int = 10_000
     """Evaluate every this many env steps (and at the end); 0 disables periodic evaluation."""
-    eval_episodes: int = 10
-    """Episodes per evaluation, in a vector env with fixed seeds."""
-    log_every: int = 1000
-    """Write averaged metrics every this many env steps."""
-    checkpoint_every: int = 50_000
-    """Write run_dir/checkpoint.pt (with the replay buffer) every this many env steps and at the end."""
-    run_dir: str | None = None
-    """Output directory (default runs/<algo>/<env>/seed<seed>-<time>)."""
-    resume: str | None = None
-    """Continue from this checkpoint, in its directory, with its config (flags changed on the command line override)."""
-    compile: bool = False
-    """torch.compile the update step."""
-    threads: int = 0
-    """torch CPU threads (0 = torch's default)."""
-    progress: bool | None = None
-    """Show a progress bar (default: when stderr is a terminal)."""
-
-    def resolve(self, dataset) -> None:
-        """Online configs have no dataset presets."""
 
     def validate(self) -> None:
-        for name in ("total_steps", "num_envs", "batch_size", "buffer_size", "eval_episodes", "log_every",
-                     "checkpoint_every"):
+        super().validate()
+        for name in ("total_steps", "num_envs", "buffer_size"):
             check(getattr(self, name) > 0, f"--{name.replace('_', '-')} must be positive, got {getattr(self, name)}")
         check(self.learning_starts >= 0, f"--learning-starts must be >= 0, got {self.learning_starts}")
-        check(self.eval_every >= 0, f"--eval-every must be >= 0, got {self.eval_every}")
         check(self.updates_per_step > 0, f"--updates-per-step must be positive, got {self.updates_per_step}")
 
 
@@ -180,18 +154,9 @@ def run_online(cfg: OnlineConfig, agent_cls: type[Agent]) -> dict:
     from offrl.buffer import ReplayBuffer
     from offrl.envs import env_dims, reference_scores
     from offrl.evaluation import evaluate
-    from offrl.train import merge_resume_config
 
-    ckpt = None
+    ckpt, cfg = open_resume(cfg, agent_cls.algo)
     run_dir = cfg.run_dir
-    if cfg.resume:
-        ckpt = load_checkpoint(cfg.resume)
-        if ckpt.get("algo") != agent_cls.algo:
-            raise OffrlError(f"{cfg.resume} is a checkpoint of algorithm '{ckpt.get('algo')}', not '{agent_cls.algo}'")
-        if "train" not in ckpt:
-            raise OffrlError(f"{cfg.resume} holds weights only (no training state) and cannot be resumed")
-        run_dir = cfg.run_dir or os.path.dirname(os.path.abspath(cfg.resume))
-        cfg = dataclasses.replace(merge_resume_config(cfg, ckpt["config"]), run_dir=run_dir)
     cfg.validate()
     obs_dim, act_dim = env_dims(cfg.env)
     device = resolve_device(cfg.device)

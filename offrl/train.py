@@ -7,7 +7,6 @@ devices, resume, logging, evaluation, checkpoints, bad-input checks) happens her
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import time
@@ -17,7 +16,8 @@ from typing import Callable
 import numpy as np
 import torch
 
-from offrl.agent import Agent, config_from_dict, config_to_dict, load_checkpoint, save_atomic
+from offrl.agent import Agent, config_to_dict
+from offrl.config import RunConfig, open_resume
 from offrl.errors import OffrlError, check, json_safe
 from offrl.logger import Logger, MetricAccumulator
 from offrl.utils import resolve_device, rng_state, set_rng_state, set_seed
@@ -26,63 +26,17 @@ DEFAULT_DATASET = "offrl/invertedpendulum/scripted-v0"
 
 
 @dataclass
-class OfflineConfig:
+class OfflineConfig(RunConfig):
     """Fields every offline algorithm shares."""
 
     dataset: str = DEFAULT_DATASET
     """Dataset id: a D4RL name (hopper-medium-v2), a Minari id (mujoco/hopper/medium-v0) or an offrl id (offrl/...). See `offrl datasets list`."""
     steps: int = 1_000_000
     """Number of gradient steps."""
-    seed: int = 0
-    """Random seed (torch, numpy, python, buffer sampling; evaluation episodes use seed+10000+i)."""
-    device: str = "auto"
-    """Torch device: auto (cuda when available), cpu, cuda, cuda:N."""
-    batch_size: int = 256
-    """Transitions per gradient step."""
-    eval_every: int = 5000
-    """Evaluate every this many steps (and once at the end); 0 disables periodic evaluation."""
-    eval_episodes: int = 10
-    """Episodes per evaluation, run in a vector env with fixed seeds."""
-    log_every: int = 1000
-    """Write averaged update metrics every this many steps."""
-    checkpoint_every: int = 50_000
-    """Write run_dir/checkpoint.pt every this many steps (and at the end)."""
-    run_dir: str | None = None
-    """Output directory (default runs/<algo>/<dataset>/seed<seed>-<time>)."""
-    resume: str | None = None
-    """Continue from this checkpoint; the run resumes in the checkpoint's directory with its config (flags changed on the command line override)."""
-    compile: bool = False
-    """torch.compile the update step."""
-    threads: int = 0
-    """torch CPU threads (0 = torch's default)."""
-    progress: bool | None = None
-    """Show a progress bar (default: when stderr is a terminal)."""
 
     def validate(self) -> None:
-        """Raise OffrlError for invalid values (extended by algorithm configs)."""
+        super().validate()
         check(self.steps > 0, f"--steps must be positive, got {self.steps}")
-        check(self.batch_size > 0, f"--batch-size must be positive, got {self.batch_size}")
-        check(self.eval_every >= 0, f"--eval-every must be >= 0, got {self.eval_every}")
-        check(self.eval_episodes > 0, f"--eval-episodes must be positive, got {self.eval_episodes}")
-        check(self.log_every > 0, f"--log-every must be positive, got {self.log_every}")
-        check(self.checkpoint_every > 0, f"--checkpoint-every must be positive, got {self.checkpoint_every}")
-        check(self.threads >= 0, f"--threads must be >= 0, got {self.threads}")
-
-    def resolve(self, dataset) -> None:
-        """Fill dataset-dependent defaults (presets) in place; algorithm configs override."""
-
-
-def merge_resume_config(cli_cfg, ckpt_cfg: dict):
-    """Config of a resumed run: the checkpoint's, overridden by fields changed on the command line."""
-    cls = type(cli_cfg)
-    base = config_from_dict(cls, ckpt_cfg)
-    defaults = cls()
-    changes = {}
-    for f in dataclasses.fields(cls):
-        v = getattr(cli_cfg, f.name)
-        if v != getattr(defaults, f.name):
-            changes[f.name] = v
-    return dataclasses.replace(base, **changes)
 
 
 def default_run_dir(algo: str, cfg) -> str:
@@ -134,17 +88,8 @@ def run_offline(
     from offrl.data import load_dataset
     from offrl.evaluation import evaluate
 
-    ckpt = None
+    ckpt, cfg = open_resume(cfg, agent_cls.algo)
     run_dir = cfg.run_dir
-    if cfg.resume:
-        ckpt = load_checkpoint(cfg.resume)
-        if ckpt.get("algo") != agent_cls.algo:
-            raise OffrlError(f"{cfg.resume} is a checkpoint of algorithm '{ckpt.get('algo')}', not '{agent_cls.algo}'")
-        if "train" not in ckpt:
-            raise OffrlError(f"{cfg.resume} holds weights only (no training state) and cannot be resumed")
-        # the run continues where its checkpoint lies, unless --run-dir is given now
-        run_dir = cfg.run_dir or os.path.dirname(os.path.abspath(cfg.resume))
-        cfg = dataclasses.replace(merge_resume_config(cfg, ckpt["config"]), run_dir=run_dir)
     cfg.validate()
 
     # ---------------------------------------------------------------- data (before any output)
