@@ -110,12 +110,13 @@ class SAC(Agent):
         opt["critic"].step()
 
         new_act, logp = self.actor.sample(obs)
+        self.critic.requires_grad_(False)  # the actor loss needs dQ/da only, no critic weight grads
         q_pi = self.critic(obs, new_act).min(0).values
+        self.critic.requires_grad_(True)
         actor_loss = (alpha * logp - q_pi).mean()
         opt["actor"].zero_grad(set_to_none=True)
         actor_loss.backward()
         opt["actor"].step()
-        self.critic.zero_grad(set_to_none=True)  # the actor loss also reached the critic's grads
 
         alpha_loss = -(self.log_alpha * (logp.detach() + self.target_entropy)).mean()
         if cfg.autotune:

@@ -145,6 +145,11 @@ class Collector:
         self.venv.close()
 
 
+def _crossed(prev: int, step: int, every: int) -> bool:
+    """Whether going from env step ``prev`` to ``step`` passed a multiple of ``every``."""
+    return every > 0 and (step // every) > (prev // every)
+
+
 def run_online(cfg: OnlineConfig, agent_cls: type[Agent]) -> dict:
     """Train ``agent_cls`` online in ``cfg.env``; returns a summary dict (as :func:`offrl.train.run_offline`).
 
@@ -211,24 +216,21 @@ def run_online(cfg: OnlineConfig, agent_cls: type[Agent]) -> dict:
                     acc.add(update(buffer.sample(cfg.batch_size)))
                     updates += 1
 
-            def crossed(every: int) -> bool:
-                return every > 0 and (step // every) > (prev // every)
-
-            if crossed(cfg.log_every) or step >= cfg.total_steps:
+            if _crossed(prev, step, cfg.log_every) or step >= cfg.total_steps:
                 logger.log(step, acc.pop(), prefix="train/")
                 logger.log(step, collector.pop_finished(), prefix="rollout/")
                 now = time.time()
                 logger.log(step, {"updates": updates, "sps": (step - clock[1]) / max(now - clock[0], 1e-9)}, prefix="time/")
                 clock[:] = [now, step]
                 logger.advance(step)
-            if crossed(cfg.eval_every) or step >= cfg.total_steps:
+            if _crossed(prev, step, cfg.eval_every) or step >= cfg.total_steps:
                 res = evaluate(agent.act, cfg.env, cfg.eval_episodes, seed=cfg.seed + 10_000,
                                ref_min_score=ref_min, ref_max_score=ref_max)
                 last_eval = {k: v for k, v in res.items() if not isinstance(v, list)}
                 logger.log(step, last_eval, prefix="eval/")
                 key = last_eval["return_mean"]
                 best = key if best is None or key > best else best
-            if crossed(cfg.checkpoint_every) or step >= cfg.total_steps:
+            if _crossed(prev, step, cfg.checkpoint_every) or step >= cfg.total_steps:
                 save()
                 logger.flush()
     finally:
