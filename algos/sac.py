@@ -89,9 +89,14 @@ class SAC(Agent):
         return self.actor.act(obs, deterministic)
 
     @torch.no_grad()
-    def explore(self, obs) -> np.ndarray:
-        """Sampled actions for a batch of raw observations (the collector's behaviour)."""
-        return self.act(obs, deterministic=False)
+    def explore(self, obs, with_log_prob: bool = False):
+        """Sampled actions for a batch of raw observations (the collector's behaviour); with
+        ``with_log_prob`` also log π(a|s) of each action (float32 numpy arrays)."""
+        if not with_log_prob:
+            return self.act(obs, deterministic=False)
+        x = self.normalize_obs(torch.as_tensor(np.asarray(obs, np.float32), device=self.device))
+        a, logp = self.actor.sample(x)
+        return a.cpu().numpy(), logp.cpu().numpy()
 
     def update(self, batch) -> dict[str, torch.Tensor]:
         cfg = self.cfg

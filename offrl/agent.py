@@ -71,6 +71,8 @@ class Agent(nn.Module):
 
     algo: ClassVar[str] = "agent"
     Config: ClassVar[type]
+    policy_modules: ClassVar[tuple[str, ...]] = ("actor",)
+    """Sub-modules that acting needs: what a policy file (:meth:`save_policy`) keeps."""
 
     def __init__(self, cfg, obs_dim: int, act_dim: int, obs_mean=None, obs_std=None, device: str | torch.device = "cpu"):
         super().__init__()
@@ -128,6 +130,9 @@ class Agent(nn.Module):
         }
 
     def load_training_state(self, state: dict[str, Any]) -> None:
+        if "policy" in state:  # a policy file: acting weights only
+            self._load_policy_weights(state["agent"])
+            return
         try:
             self.load_state_dict(state["agent"])
         except (RuntimeError, KeyError) as e:
@@ -142,6 +147,31 @@ class Agent(nn.Module):
                     group["lr"] = group["lr"].to(self.device)
         for k, s in self.schedulers.items():
             s.load_state_dict(state["schedulers"][k])
+
+    def _policy_keys(self) -> set[str]:
+        keep = set(self.policy_modules) | {"obs_mean", "obs_std"}
+        return {k for k in self.state_dict() if k.split(".")[0] in keep}
+
+    def _load_policy_weights(self, weights: dict[str, torch.Tensor]) -> None:
+        if set(weights) != self._policy_keys():
+            raise OffrlError(f"the policy file's weights do not fit this {self.algo} config "
+                             f"(keys differ: {sorted(set(weights) ^ self._policy_keys())[:3]})")
+        try:
+            self.load_state_dict(weights, strict=False)
+        except RuntimeError as e:
+            lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+            raise OffrlError(f"the policy file's weights do not fit this {self.algo} config ({lines[-1]})") from None
+
+    def save_policy(self, path: str, info: dict[str, Any] | None = None) -> None:
+        """Write a small policy file: the acting weights (``policy_modules`` and the observation
+        normalization), the config and ``info`` (provenance, evaluation return). :meth:`load` and
+        ``offrl eval`` read it like a checkpoint; it cannot be resumed."""
+        keys = self._policy_keys()
+        weights = {k: v.detach().cpu().clone() for k, v in self.state_dict().items() if k in keys}
+        ckpt = {"format": CHECKPOINT_FORMAT, "algo": self.algo, "config": config_to_dict(self.cfg),
+                "dims": {"obs_dim": self.obs_dim, "act_dim": self.act_dim}, "agent": weights, "policy": dict(info or {})}
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        save_atomic(ckpt, path)
 
     def checkpoint(self, **extra) -> dict[str, Any]:
         ckpt = {

@@ -43,6 +43,10 @@ class OnlineConfig(RunConfig):
     """Replay buffer capacity."""
     eval_every: int = 10_000
     """Evaluate every this many env steps (and at the end); 0 disables periodic evaluation."""
+    record: bool = False
+    """Also keep, per env step, the D4RL fields (qpos, qvel, action log-prob, timeout) in the checkpoint, so the run's replay data can be written as a dataset (medium-replay). Needs --num-envs 1."""
+    snapshots: bool = False
+    """At every evaluation, write the policy (actor weights and its eval return) to run_dir/snapshots/ (behaviour-policy selection)."""
 
     def validate(self) -> None:
         super().validate()
@@ -50,6 +54,7 @@ class OnlineConfig(RunConfig):
             check(getattr(self, name) > 0, f"--{name.replace('_', '-')} must be positive, got {getattr(self, name)}")
         check(self.learning_starts >= 0, f"--learning-starts must be >= 0, got {self.learning_starts}")
         check(self.updates_per_step > 0, f"--updates-per-step must be positive, got {self.updates_per_step}")
+        check(not self.record or self.num_envs == 1, "--record needs --num-envs 1 (rows in time order)")
 
 
 # ------------------------------------------------------------------------------------ env state
@@ -106,8 +111,17 @@ class Collector:
         self.ep_length = np.zeros(num_envs, dtype=np.int64)
         self.finished: list[tuple[float, int]] = []
 
-    def step(self, actions: np.ndarray, buffer) -> None:
+    def physics(self) -> tuple[np.ndarray, np.ndarray]:
+        """``qpos``, ``qvel`` of every sub-env now (the state the current ``obs`` shows)."""
+        data = [e.unwrapped.data for e in self.venv.envs]
+        return np.stack([d.qpos for d in data]), np.stack([d.qvel for d in data])
+
+    def step(self, actions: np.ndarray, buffer, recorder: Recorder | None = None, logp=None) -> None:
+        if recorder is not None:
+            qpos, qvel = self.physics()
         next_obs, rew, term, trunc, info = self.venv.step(actions)
+        if recorder is not None:
+            recorder.add(qpos, qvel, logp, trunc & ~term)
         done = term | trunc
         real_next = next_obs.copy()
         if done.any():
@@ -145,6 +159,36 @@ class Collector:
         self.venv.close()
 
 
+class Recorder:
+    """The D4RL fields the replay buffer does not hold, per env step in time order: the MuJoCo
+    ``qpos``/``qvel`` of the state the action was taken in, the action's log-probability under the
+    behaviour, and ``timeouts`` (the episode was cut by the time limit, not terminated)."""
+
+    def __init__(self, capacity: int, nq: int, nv: int):
+        self.qpos = np.zeros((capacity, nq), np.float32)
+        self.qvel = np.zeros((capacity, nv), np.float32)
+        self.logp = np.zeros(capacity, np.float32)
+        self.timeouts = np.zeros(capacity, bool)
+        self.size = 0
+
+    def add(self, qpos, qvel, logp, timeout) -> None:
+        n = len(logp)
+        i = self.size
+        self.qpos[i:i + n], self.qvel[i:i + n] = qpos, qvel
+        self.logp[i:i + n], self.timeouts[i:i + n] = logp, timeout
+        self.size += n
+
+    def state_dict(self) -> dict:
+        n = self.size
+        return {k: torch.from_numpy(getattr(self, k)[:n].copy()) for k in ("qpos", "qvel", "logp", "timeouts")}
+
+    def load_state_dict(self, state: dict) -> None:
+        n = len(state["logp"])
+        for k in ("qpos", "qvel", "logp", "timeouts"):
+            getattr(self, k)[:n] = state[k].numpy()
+        self.size = n
+
+
 def _crossed(prev: int, step: int, every: int) -> bool:
     """Whether going from env step ``prev`` to ``step`` passed a multiple of ``every``."""
     return every > 0 and (step // every) > (prev // every)
@@ -171,6 +215,11 @@ def run_online(cfg: OnlineConfig, agent_cls: type[Agent]) -> dict:
     buffer = ReplayBuffer(obs_dim, act_dim, cfg.buffer_size, device, seed=cfg.seed)
     agent = agent_cls(cfg, obs_dim, act_dim, device=device)
     collector = Collector(cfg.env, cfg.num_envs, cfg.seed)
+    recorder = None
+    if cfg.record:
+        model = collector.venv.envs[0].unwrapped.model
+        recorder = Recorder(cfg.total_steps, model.nq, model.nv)
+    uniform_logp = -act_dim * float(np.log(2.0))  # density of uniform actions on [-1, 1]^|A|
     acc = MetricAccumulator()
     step, updates, best = 0, 0, None
     if ckpt is not None:
@@ -179,6 +228,10 @@ def run_online(cfg: OnlineConfig, agent_cls: type[Agent]) -> dict:
         step, updates, best = int(t["step"]), int(t["updates"]), t.get("best")
         buffer.load_state_dict(t["buffer"])
         collector.load_state_dict(t["collector"])
+        if recorder is not None:
+            if "record" not in t:
+                raise OffrlError(f"{cfg.resume} was not trained with --record; it cannot be resumed with it")
+            recorder.load_state_dict(t["record"])
         acc.load_state_dict(t["metrics"], device)
         set_rng_state(t["rng"])
         if step >= cfg.total_steps:
@@ -199,16 +252,22 @@ def run_online(cfg: OnlineConfig, agent_cls: type[Agent]) -> dict:
     def save() -> None:
         train = {"step": step, "updates": updates, "best": best, "buffer": buffer.state_dict(include_data=True),
                  "collector": collector.state_dict(), "metrics": acc.state_dict(), "rng": rng_state()}
+        if recorder is not None:
+            train["record"] = recorder.state_dict()
         agent.save(ckpt_path, train=train, env={"env_id": cfg.env, "ref_min_score": ref_min, "ref_max_score": ref_max})
 
     agent.train()
     try:
         while step < cfg.total_steps:
+            logp = None
             if step < cfg.learning_starts:
                 actions = collector.venv.action_space.sample()
+                logp = np.full(cfg.num_envs, uniform_logp, np.float32)
+            elif recorder is not None:
+                actions, logp = agent.explore(collector.obs, with_log_prob=True)
             else:
                 actions = agent.explore(collector.obs)
-            collector.step(actions, buffer)
+            collector.step(actions, buffer, recorder, logp)
             prev, step = step, step + cfg.num_envs
             if step >= cfg.learning_starts:
                 target = int((step - cfg.learning_starts) * cfg.updates_per_step)
@@ -230,6 +289,9 @@ def run_online(cfg: OnlineConfig, agent_cls: type[Agent]) -> dict:
                 logger.log(step, last_eval, prefix="eval/")
                 key = last_eval["return_mean"]
                 best = key if best is None or key > best else best
+                if cfg.snapshots:
+                    agent.save_policy(os.path.join(run_dir, "snapshots", f"step{step:08d}.pt"),
+                                      {"env": cfg.env, "step": step, "seed": cfg.seed, **last_eval})
             if _crossed(prev, step, cfg.checkpoint_every) or step >= cfg.total_steps:
                 save()
                 logger.flush()

@@ -1,0 +1,164 @@
+"""Batched stepping of the Gymnasium MuJoCo locomotion envs, for fast dataset collection.
+
+:class:`BatchedLocomotion` holds ``num_envs`` copies of Hopper-v5, Walker2d-v5 or HalfCheetah-v5
+as bare ``MjData`` on the env's own ``MjModel`` and steps them in a thread pool (MuJoCo releases
+the GIL), then computes observations, rewards and termination for all copies at once with numpy.
+It performs the same MuJoCo calls and the same floating-point operations as Gymnasium's v5 envs
+(reset noise from the same seeded generator, ``mj_step`` with the env's frame skip, the env's
+reward weights and healthy ranges read from the constructed env), so its transitions equal
+``gymnasium.make(env_id)``'s bit for bit — ``tests/test_batched_env.py`` checks whole episodes.
+The only call left out is ``mj_rnePostConstraint``, which fills contact-force outputs that
+these three envs never read.
+
+Episodes are cut at the env's time limit (``truncated``); a copy whose episode ended is reset in
+the same step (same-step autoreset), and the true final observation is returned separately.
+"""
+
+from __future__ import annotations
+
+import os
+from concurrent.futures import ThreadPoolExecutor
+
+import gymnasium as gym
+import numpy as np
+
+from offrl.errors import OffrlError
+
+SUPPORTED = ("Hopper-v5", "Walker2d-v5", "HalfCheetah-v5")
+
+
+class BatchedLocomotion:
+    """``num_envs`` copies of a MuJoCo locomotion env; copy ``i`` is seeded with ``seed + i``."""
+
+    def __init__(self, env_id: str, num_envs: int, seed: int = 0, threads: int | None = None, **env_kwargs):
+        import mujoco
+        from gymnasium.utils.seeding import np_random
+
+        if env_id not in SUPPORTED:
+            raise OffrlError(f"batched stepping supports {', '.join(SUPPORTED)}; got {env_id}")
+        if num_envs < 1:
+            raise OffrlError(f"num_envs must be positive, got {num_envs}")
+        self._mj = mujoco
+        env = gym.make(env_id, **env_kwargs)
+        u = env.unwrapped
+        if not u._exclude_current_positions_from_observation:
+            raise OffrlError("batched stepping needs exclude_current_positions_from_observation=True")
+        self.env_id = env_id
+        self.spec = env.spec
+        self.observation_space = env.observation_space
+        self.action_space = env.action_space
+        self.max_episode_steps = int(env.spec.max_episode_steps)
+        self.model = u.model
+        self.frame_skip = int(u.frame_skip)
+        self.dt = u.dt
+        self.init_qpos = u.init_qpos.copy()
+        self.init_qvel = u.init_qvel.copy()
+        self.noise = u._reset_noise_scale
+        self.forward_w = u._forward_reward_weight
+        self.ctrl_w = u._ctrl_cost_weight
+        self.cheetah = env_id.startswith("HalfCheetah")
+        if not self.cheetah:
+            self.healthy_reward = u._healthy_reward
+            self.terminate_unhealthy = u._terminate_when_unhealthy
+            self.z_range = u._healthy_z_range
+            self.angle_range = u._healthy_angle_range
+            self.state_range = getattr(u, "_healthy_state_range", None)  # Hopper only
+        env.close()
+
+        self.num_envs = num_envs
+        nq, nv = self.model.nq, self.model.nv
+        self.datas = [mujoco.MjData(self.model) for _ in range(num_envs)]
+        self.rngs = [np_random(seed + i)[0] for i in range(num_envs)]
+        self.qpos = np.zeros((num_envs, nq))
+        self.qvel = np.zeros((num_envs, nv))
+        self.elapsed = np.zeros(num_envs, dtype=np.int64)
+        threads = threads or min(os.cpu_count() or 1, num_envs)
+        self._chunks = [c for c in np.array_split(np.arange(num_envs), threads) if len(c)]
+        self._pool = ThreadPoolExecutor(len(self._chunks)) if len(self._chunks) > 1 else None
+        for i in range(num_envs):
+            self._reset(i)
+        self.obs = self._obs(self.qpos, self.qvel)
+
+    # ------------------------------------------------------------------ physics
+    def _reset(self, i: int) -> None:
+        """Gymnasium's ``reset`` (after seeding): mj_resetData, then the noisy initial state."""
+        mj, d, rng = self._mj, self.datas[i], self.rngs[i]
+        mj.mj_resetData(self.model, d)
+        qpos = self.init_qpos + rng.uniform(low=-self.noise, high=self.noise, size=self.model.nq)
+        if self.cheetah:
+            qvel = self.init_qvel + self.noise * rng.standard_normal(self.model.nv)
+        else:
+            qvel = self.init_qvel + rng.uniform(low=-self.noise, high=self.noise, size=self.model.nv)
+        d.qpos[:] = qpos
+        d.qvel[:] = qvel
+        mj.mj_forward(self.model, d)
+        self.qpos[i], self.qvel[i] = d.qpos, d.qvel
+        self.elapsed[i] = 0
+
+    def _step_chunk(self, idx: np.ndarray, actions: np.ndarray) -> None:
+        mj, model, n = self._mj, self.model, self.frame_skip
+        for i in idx:
+            d = self.datas[i]
+            d.ctrl[:] = actions[i]
+            mj.mj_step(model, d, nstep=n)
+            self.qpos[i], self.qvel[i] = d.qpos, d.qvel
+
+    def _obs(self, qpos: np.ndarray, qvel: np.ndarray) -> np.ndarray:
+        vel = qvel if self.cheetah else np.clip(qvel, -10, 10)
+        return np.concatenate([qpos[:, 1:], vel], axis=1)
+
+    def _healthy(self) -> np.ndarray:
+        z, angle = self.qpos[:, 1], self.qpos[:, 2]
+        ok = (self.z_range[0] < z) & (z < self.z_range[1])
+        ok &= (self.angle_range[0] < angle) & (angle < self.angle_range[1])
+        if self.state_range is not None:
+            state = np.concatenate([self.qpos, self.qvel], axis=1)[:, 2:]
+            ok &= np.all((self.state_range[0] < state) & (state < self.state_range[1]), axis=1)
+        return ok
+
+    # ------------------------------------------------------------------ api
+    def step(self, actions: np.ndarray):
+        """Step every copy: ``(next_obs, reward, terminated, truncated, final_obs)``.
+
+        ``next_obs`` already holds the reset observation of copies whose episode ended;
+        ``final_obs`` holds the true last observation of every copy (equal to ``next_obs``
+        where the episode goes on). ``actions``: ``[num_envs, act_dim]`` float32 in [-1, 1].
+        """
+        actions = np.asarray(actions)
+        if actions.shape != (self.num_envs, self.model.nu):
+            raise OffrlError(f"actions have shape {actions.shape}, expected {(self.num_envs, self.model.nu)}")
+        x_before = self.qpos[:, 0].copy()
+        if self._pool is None:
+            self._step_chunk(self._chunks[0], actions)
+        else:
+            list(self._pool.map(lambda c: self._step_chunk(c, actions), self._chunks))
+        self.elapsed += 1
+        x_velocity = (self.qpos[:, 0] - x_before) / self.dt
+        forward_reward = self.forward_w * x_velocity
+        ctrl_cost = self.ctrl_w * np.sum(np.square(actions), axis=1)
+        if self.cheetah:
+            reward = forward_reward - ctrl_cost
+            terminated = np.zeros(self.num_envs, dtype=bool)
+        else:
+            healthy = self._healthy()
+            reward = (forward_reward + healthy * self.healthy_reward) - ctrl_cost
+            terminated = ~healthy & self.terminate_unhealthy
+        truncated = self.elapsed >= self.max_episode_steps
+        final_obs = self._obs(self.qpos, self.qvel)
+        next_obs = final_obs.copy()
+        for i in np.flatnonzero(terminated | truncated):
+            self._reset(i)
+            next_obs[i] = self._obs(self.qpos[i:i + 1], self.qvel[i:i + 1])[0]
+        self.obs = next_obs
+        return next_obs, reward, terminated, truncated, final_obs
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown()
+            self._pool = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
