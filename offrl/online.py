@@ -99,10 +99,14 @@ def set_env_state(env: gym.Env, state: dict) -> None:
 class Collector:
     """Steps a same-step-autoreset vector env with an action function and fills a buffer."""
 
-    def __init__(self, env_id: str, num_envs: int, seed: int, **env_kwargs):
+    def __init__(self, env_id: str, num_envs: int, seed: int, probe: bool = False, **env_kwargs):
         from offrl.envs import make_env
 
-        self.venv = gym.vector.SyncVectorEnv([lambda: make_env(env_id, **env_kwargs) for _ in range(num_envs)],
+        def make():
+            env = make_env(env_id, **env_kwargs)
+            return _PhysicsProbe(env) if probe else env
+
+        self.venv = gym.vector.SyncVectorEnv([make for _ in range(num_envs)],
                                              autoreset_mode=gym.vector.AutoresetMode.SAME_STEP)
         self.obs, _ = self.venv.reset(seed=[seed + i for i in range(num_envs)])
         self.venv.action_space.seed(seed)
@@ -120,9 +124,11 @@ class Collector:
         if recorder is not None:
             qpos, qvel = self.physics()
         next_obs, rew, term, trunc, info = self.venv.step(actions)
-        if recorder is not None:
-            recorder.add(qpos, qvel, logp, trunc & ~term)
         done = term | trunc
+        if recorder is not None:
+            end_qpos = np.stack([e.qpos for e in self.venv.envs])
+            end_qvel = np.stack([e.qvel for e in self.venv.envs])
+            recorder.add(qpos, qvel, logp, trunc & ~term, done, end_qpos, end_qvel)
         real_next = next_obs.copy()
         if done.any():
             real_next[done] = np.stack(info["final_obs"][done])
@@ -160,33 +166,55 @@ class Collector:
 
 
 class Recorder:
-    """The D4RL fields the replay buffer does not hold, per env step in time order: the MuJoCo
-    ``qpos``/``qvel`` of the state the action was taken in, the action's log-probability under the
-    behaviour, and ``timeouts`` (the episode was cut by the time limit, not terminated)."""
+    """The D4RL fields the replay buffer does not hold, per env step in time order (one env): the
+    MuJoCo ``qpos``/``qvel`` of the state the action was taken in, the action's log-probability
+    under the behaviour, ``timeouts`` (the episode was cut by the time limit, not terminated), and
+    the exact final state of every episode that ended (``end_rows``, ``end_qpos``, ``end_qvel``)."""
+
+    KEYS = ("qpos", "qvel", "logp", "timeouts")
 
     def __init__(self, capacity: int, nq: int, nv: int):
-        self.qpos = np.zeros((capacity, nq), np.float32)
-        self.qvel = np.zeros((capacity, nv), np.float32)
+        self.qpos = np.zeros((capacity, nq))
+        self.qvel = np.zeros((capacity, nv))
         self.logp = np.zeros(capacity, np.float32)
         self.timeouts = np.zeros(capacity, bool)
+        self.ends: list[tuple[int, np.ndarray, np.ndarray]] = []
         self.size = 0
 
-    def add(self, qpos, qvel, logp, timeout) -> None:
-        n = len(logp)
+    def add(self, qpos, qvel, logp, timeout, done, end_qpos, end_qvel) -> None:
         i = self.size
-        self.qpos[i:i + n], self.qvel[i:i + n] = qpos, qvel
-        self.logp[i:i + n], self.timeouts[i:i + n] = logp, timeout
-        self.size += n
+        self.qpos[i], self.qvel[i] = qpos[0], qvel[0]
+        self.logp[i], self.timeouts[i] = logp[0], timeout[0]
+        if done[0]:
+            self.ends.append((i, end_qpos[0].copy(), end_qvel[0].copy()))
+        self.size += 1
 
     def state_dict(self) -> dict:
         n = self.size
-        return {k: torch.from_numpy(getattr(self, k)[:n].copy()) for k in ("qpos", "qvel", "logp", "timeouts")}
+        state = {k: torch.from_numpy(getattr(self, k)[:n].copy()) for k in self.KEYS}
+        nq, nv = self.qpos.shape[1], self.qvel.shape[1]
+        state["end_rows"] = torch.tensor([e[0] for e in self.ends], dtype=torch.int64)
+        state["end_qpos"] = torch.from_numpy(np.array([e[1] for e in self.ends]).reshape(-1, nq))
+        state["end_qvel"] = torch.from_numpy(np.array([e[2] for e in self.ends]).reshape(-1, nv))
+        return state
 
     def load_state_dict(self, state: dict) -> None:
         n = len(state["logp"])
-        for k in ("qpos", "qvel", "logp", "timeouts"):
+        for k in self.KEYS:
             getattr(self, k)[:n] = state[k].numpy()
+        self.ends = [(int(r), q.numpy(), v.numpy()) for r, q, v in
+                     zip(state["end_rows"], state["end_qpos"], state["end_qvel"])]
         self.size = n
+
+
+class _PhysicsProbe(gym.Wrapper):
+    """Keeps ``qpos``/``qvel`` right after each step, before a vector env's autoreset."""
+
+    def step(self, action):
+        out = self.env.step(action)
+        d = self.env.unwrapped.data
+        self.qpos, self.qvel = d.qpos.copy(), d.qvel.copy()
+        return out
 
 
 def _crossed(prev: int, step: int, every: int) -> bool:
@@ -214,7 +242,7 @@ def run_online(cfg: OnlineConfig, agent_cls: type[Agent]) -> dict:
     set_seed(cfg.seed)
     buffer = ReplayBuffer(obs_dim, act_dim, cfg.buffer_size, device, seed=cfg.seed)
     agent = agent_cls(cfg, obs_dim, act_dim, device=device)
-    collector = Collector(cfg.env, cfg.num_envs, cfg.seed)
+    collector = Collector(cfg.env, cfg.num_envs, cfg.seed, probe=cfg.record)
     recorder = None
     if cfg.record:
         model = collector.venv.envs[0].unwrapped.model
@@ -252,8 +280,10 @@ def run_online(cfg: OnlineConfig, agent_cls: type[Agent]) -> dict:
     def save() -> None:
         train = {"step": step, "updates": updates, "best": best, "buffer": buffer.state_dict(include_data=True),
                  "collector": collector.state_dict(), "metrics": acc.state_dict(), "rng": rng_state()}
-        if recorder is not None:
-            train["record"] = recorder.state_dict()
+        if recorder is not None:  # with the state now: the final state of an episode cut here
+            qpos, qvel = collector.physics()
+            train["record"] = {**recorder.state_dict(), "tail_qpos": torch.from_numpy(qpos[0].copy()),
+                               "tail_qvel": torch.from_numpy(qvel[0].copy())}
         agent.save(ckpt_path, train=train, env={"env_id": cfg.env, "ref_min_score": ref_min, "ref_max_score": ref_max})
 
     agent.train()
