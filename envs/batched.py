@@ -122,7 +122,8 @@ class BatchedLocomotion:
 
         ``next_obs`` already holds the reset observation of copies whose episode ended;
         ``final_obs`` holds the true last observation of every copy (equal to ``next_obs``
-        where the episode goes on). ``actions``: ``[num_envs, act_dim]`` float32 in [-1, 1].
+        where the episode goes on); ``final_qpos``/``final_qvel`` hold the matching MuJoCo state,
+        ``qpos``/``qvel`` the state of ``next_obs``. ``actions``: ``[num_envs, act_dim]`` float32 in [-1, 1].
         """
         actions = np.asarray(actions)
         if actions.shape != (self.num_envs, self.model.nu):
@@ -145,6 +146,7 @@ class BatchedLocomotion:
             terminated = ~healthy & self.terminate_unhealthy
         truncated = self.elapsed >= self.max_episode_steps
         final_obs = self._obs(self.qpos, self.qvel)
+        self.final_qpos, self.final_qvel = self.qpos.copy(), self.qvel.copy()  # before any reset
         next_obs = final_obs.copy()
         for i in np.flatnonzero(terminated | truncated):
             self._reset(i)

@@ -2,7 +2,7 @@
 
     offrl train ALGO [flags]            same flags as `python algos/ALGO.py`
     offrl eval CHECKPOINT [--episodes N] [--video]
-    offrl datasets list | info ID | make ID [--force]
+    offrl datasets list | info ID | make ID [--force] [--transitions N] [--from-run CKPT]
     offrl bench update --algo iql --device cpu --steps N
 """
 
@@ -104,6 +104,10 @@ def _datasets(args: list[str]) -> int:
     make = sub.add_parser("make", help="build one of offrl's own datasets")
     make.add_argument("id", help="dataset id, e.g. offrl/invertedpendulum/scripted-v0")
     make.add_argument("--force", action="store_true", help="rebuild even if the dataset is present")
+    make.add_argument("--transitions", type=int, default=None,
+                      help="transitions to collect (default: the recipe's, 1M for the locomotion suite)")
+    make.add_argument("--from-run", default=None, metavar="CHECKPOINT",
+                      help="medium-replay: cut the data from this --record SAC run instead of rerunning it")
     a = p.parse_args(args)
     from offrl import data
 
@@ -117,7 +121,16 @@ def _datasets(args: list[str]) -> int:
             raise OffrlError(f"{a.id} is a {info.source} dataset; offrl has no recipe to build it")
         if data.is_present(a.id) and not a.force:
             raise OffrlError(f"{a.id} is already present at {data.dataset_path(a.id)}; pass --force to rebuild it")
-        path = info.builder(info, force=a.force)
+        kw = {}
+        if a.transitions is not None:
+            if a.transitions < 1:
+                raise OffrlError(f"--transitions must be positive, got {a.transitions}")
+            kw["num_transitions"] = a.transitions
+        if a.from_run is not None:
+            if not a.id.endswith("/medium-replay-v0"):
+                raise OffrlError("--from-run applies to the medium-replay datasets only")
+            kw["from_run"] = a.from_run
+        path = info.builder(info, force=a.force, **kw)
         print(json.dumps({"id": a.id, "path": str(path), **data.load_dataset(a.id, download=False).summary()}))
     return 0
 

@@ -42,9 +42,11 @@ def write_minari_dataset(
     algorithm_name: str = "offrl",
     description: str = "",
     force: bool = False,
+    metadata: dict | None = None,
 ) -> str:
     """Store ``episodes`` (dicts of observations (T+1), actions, rewards, terminations,
-    truncations[, infos]) as the Minari dataset ``dataset_id``; returns its directory."""
+    truncations[, infos]) as the Minari dataset ``dataset_id``; returns its directory.
+    ``metadata`` (JSON values) is added to the dataset's Minari metadata."""
     import minari
     from minari.data_collector.episode_buffer import EpisodeBuffer
 
@@ -73,6 +75,8 @@ def write_minari_dataset(
                 ref_min_score=ref_min_score, ref_max_score=ref_max_score, algorithm_name=algorithm_name,
                 author="offrl", code_permalink="https://pypi.org/project/offrl/", description=description,
             )
+            if metadata:
+                minari.load_dataset(dataset_id).storage.update_metadata(metadata)
         os.makedirs(os.path.dirname(final), exist_ok=True)
         if os.path.exists(final):
             shutil.rmtree(final)
