@@ -287,6 +287,8 @@ def run_online(cfg: OnlineConfig, agent_cls: type[Agent]) -> dict:
         agent.save(ckpt_path, train=train, env={"env_id": cfg.env, "ref_min_score": ref_min, "ref_max_score": ref_max})
 
     agent.train()
+    if cfg.snapshots and step == 0:  # the initial (random) policy
+        agent.save_policy(os.path.join(run_dir, "snapshots", "step00000000.pt"), {"env": cfg.env, "step": 0, "seed": cfg.seed})
     try:
         while step < cfg.total_steps:
             logp = None
