@@ -94,6 +94,14 @@ class Agent(nn.Module):
         """Actions for a batch of *normalized* observations on the agent's device."""
         raise NotImplementedError
 
+    def setup_data(self, buffer) -> None:
+        """Called by the offline loop with the filled buffer before training (and on resume):
+        agents that need the whole dataset (PRDC's nearest-neighbour index) build it here."""
+
+    def compiled_update(self):
+        """The update function ``--compile`` uses (agents with a python-side schedule override)."""
+        return torch.compile(self.update)
+
     # ------------------------------------------------------------------ acting
     def normalize_obs(self, obs: torch.Tensor) -> torch.Tensor:
         return (obs - self.obs_mean) / self.obs_std

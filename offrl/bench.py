@@ -17,7 +17,7 @@ import torch
 
 from offrl.errors import OffrlError
 
-ALGOS = ["iql", "sac"]
+ALGOS = ["iql", "sac", "td3_bc", "prdc", "a2pr"]
 
 
 def load_algo(name: str):
@@ -63,7 +63,10 @@ def bench_update(algo: str = "iql", device: str = "cpu", steps: int = 1000, warm
             rng.standard_normal((rows, obs_dim)), (rng.uniform(size=rows) < 0.01))
     agent = cls(cfg, obs_dim, act_dim, device=dev)
     agent.train()
-    update = torch.compile(agent.update) if compile else agent.update
+    t = time.perf_counter()
+    agent.setup_data(buf)  # PRDC: the nearest-neighbour index over all rows
+    setup_s = time.perf_counter() - t
+    update = agent.compiled_update() if compile else agent.update
 
     def sync():
         if dev.type == "cuda":
@@ -84,7 +87,7 @@ def bench_update(algo: str = "iql", device: str = "cpu", steps: int = 1000, warm
         "algo": algo, "device": str(dev), "compile": compile, "threads": torch.get_num_threads(),
         "batch_size": batch_size, "obs_dim": obs_dim, "act_dim": act_dim, "steps": steps,
         "updates_per_s": round(steps / dt, 2), "ms_per_update": round(1000 * dt / steps, 4),
-        "warmup_s": round(warm_s, 3), "metrics_finite": finite, "torch": torch.__version__,
+        "warmup_s": round(warm_s, 3), "setup_s": round(setup_s, 3), "rows": rows, "metrics_finite": finite, "torch": torch.__version__,
         "gpu": torch.cuda.get_device_name(dev) if dev.type == "cuda" else None,
     }
 

@@ -150,9 +150,12 @@ def _bench(args: list[str]) -> int:
     u.add_argument("--act-dim", type=int, default=6)
     u.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch default)")
     u.add_argument("--compile", action="store_true", help="torch.compile the update step")
+    u.add_argument("--rows", type=int, default=100_000, help="rows of the synthetic dataset (PRDC searches all of them)")
     a = p.parse_args(args)
+    if a.rows < a.batch_size:
+        raise OffrlError(f"--rows must be at least --batch-size ({a.batch_size}), got {a.rows}")
     print(json.dumps(bench_update(a.algo, a.device, a.steps, a.warmup, a.batch_size, a.obs_dim, a.act_dim,
-                                  a.threads, a.compile)))
+                                  a.threads, a.compile, a.rows)))
     return 0
 
 

@@ -17,37 +17,64 @@ import torch
 
 
 class MetricAccumulator:
-    """Running sums of a fixed set of scalar metric tensors, averaged at log time."""
+    """Running sums of scalar metric tensors, averaged at log time.
+
+    The usual case — the same keys every step — is one fused add per step. A key that appears
+    later (e.g. actor metrics that start with the first delayed actor update) is averaged over
+    the steps that reported it.
+    """
 
     def __init__(self):
         self.keys: list[str] | None = None
         self.sums: list[torch.Tensor] = []
-        self.count = 0
+        self.counts: list[int] = []
+
+    @property
+    def count(self) -> int:
+        return max(self.counts, default=0)
 
     def add(self, metrics: dict[str, torch.Tensor]) -> None:
         values = [v.detach().float() for v in metrics.values()]
-        if self.keys is None or self.count == 0:
-            self.keys = list(metrics.keys())
-            self.sums = [v.clone() for v in values]
-        else:
+        keys = list(metrics.keys())
+        if self.keys is None or not self.counts:
+            self.keys, self.sums, self.counts = keys, [v.clone() for v in values], [1] * len(keys)
+        elif keys == self.keys:
             torch._foreach_add_(self.sums, values)
-        self.count += 1
+            self.counts = [c + 1 for c in self.counts]
+        else:
+            index = {k: i for i, k in enumerate(self.keys)}
+            for k, v in zip(keys, values):
+                if k in index:
+                    self.sums[index[k]] += v
+                    self.counts[index[k]] += 1
+                else:
+                    self.keys.append(k)
+                    self.sums.append(v.clone())
+                    self.counts.append(1)
 
     def pop(self) -> dict[str, float]:
         """Means since the last pop (one device→host transfer), then reset."""
-        if not self.count or self.keys is None:
+        if not self.counts or self.keys is None:
             return {}
-        means = (torch.stack(self.sums) / self.count).tolist()
-        self.count = 0
-        return dict(zip(self.keys, means))
+        counts = torch.tensor(self.counts, dtype=torch.float32, device=self.sums[0].device)
+        means = (torch.stack(self.sums) / counts).tolist()
+        keys = self.keys
+        self.keys, self.sums, self.counts = None, [], []
+        return dict(zip(keys, means))
 
     def state_dict(self) -> dict[str, Any]:
-        return {"keys": self.keys or [], "sums": [s.detach().cpu().clone() for s in self.sums] if self.count else [], "count": self.count}
+        return {"keys": list(self.keys or []), "sums": [s.detach().cpu().clone() for s in self.sums],
+                "counts": list(self.counts)}
 
     def load_state_dict(self, state: dict[str, Any], device) -> None:
-        self.count = int(state["count"])
         self.keys = list(state["keys"]) or None
         self.sums = [s.to(device, copy=True) for s in state["sums"]]
+        if "counts" in state:
+            self.counts = [int(c) for c in state["counts"]]
+        else:  # older checkpoints: one count for every key
+            self.counts = [int(state["count"])] * len(self.sums) if state["count"] else []
+            if not self.counts:
+                self.keys, self.sums = None, []
 
 
 class Logger:

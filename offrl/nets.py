@@ -294,3 +294,39 @@ def soft_update_(target: nn.Module, source: nn.Module, tau: float) -> None:
     tp = list(target.parameters())
     sp = list(source.parameters())
     torch._foreach_lerp_(tp, sp, tau)
+
+
+class ConditionalVAE(nn.Module):
+    """BCQ's conditional VAE of actions given states (Fujimoto et al., 2019).
+
+    Encoder (s‖a) → hidden → (μ, log σ) with log σ clamped to [−4, 15]; decoder (s‖z) → hidden →
+    ``max_action · tanh``. ``forward`` reconstructs ``a`` through a reparameterized sample
+    z = μ + σ·ε; ``decode`` without z samples z ~ N(0, I) clipped to [−0.5, 0.5].
+    """
+
+    def __init__(self, obs_dim: int, act_dim: int, latent_dim: int, hidden: Sequence[int] = (750, 750),
+                 max_action: float = 1.0):
+        super().__init__()
+        self.encoder = MLP(obs_dim + act_dim, None, hidden)
+        self.mean = nn.Linear(self.encoder.out_dim, latent_dim)
+        self.log_std = nn.Linear(self.encoder.out_dim, latent_dim)
+        self.decoder = MLP(obs_dim + latent_dim, act_dim, hidden)
+        self.latent_dim, self.max_action = latent_dim, max_action
+
+    def forward(self, obs: torch.Tensor, act: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(reconstruction, μ, σ)."""
+        h = self.encoder(torch.cat([obs, act], -1))
+        mean = self.mean(h)
+        std = self.log_std(h).clamp(-4.0, 15.0).exp()
+        z = mean + std * torch.randn_like(std)
+        return self.decode(obs, z), mean, std
+
+    def decode(self, obs: torch.Tensor, z: torch.Tensor | None = None) -> torch.Tensor:
+        if z is None:
+            z = torch.randn(obs.shape[0], self.latent_dim, device=obs.device).clamp(-0.5, 0.5)
+        return self.max_action * torch.tanh(self.decoder(torch.cat([obs, z], -1)))
+
+
+def gaussian_kl(mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+    """mean over elements of KL(N(μ, σ²) ‖ N(0, 1)) = −½(1 + log σ² − μ² − σ²) (BCQ's form)."""
+    return (-0.5 * (1.0 + torch.log(std.square()) - mean.square() - std.square())).mean()

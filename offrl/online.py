@@ -264,7 +264,7 @@ def run_online(cfg: OnlineConfig, agent_cls: type[Agent]) -> dict:
         set_rng_state(t["rng"])
         if step >= cfg.total_steps:
             raise OffrlError(f"{cfg.resume} is already at step {step} >= --total-steps {cfg.total_steps}")
-    update = torch.compile(agent.update) if cfg.compile else agent.update
+    update = agent.compiled_update() if cfg.compile else agent.update
 
     run_dir = run_dir or os.path.join("runs", agent_cls.algo, cfg.env, f"seed{cfg.seed}-{time.strftime('%Y%m%d-%H%M%S')}")
     os.makedirs(run_dir, exist_ok=True)

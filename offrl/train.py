@@ -120,7 +120,8 @@ def run_offline(
         best = train_state.get("best")
         if start >= cfg.steps:
             raise OffrlError(f"{cfg.resume} is already at step {start} >= --steps {cfg.steps}")
-    update = torch.compile(agent.update) if cfg.compile else agent.update
+    agent.setup_data(buffer)
+    update = agent.compiled_update() if cfg.compile else agent.update
 
     # ---------------------------------------------------------------- outputs
     run_dir = run_dir or default_run_dir(agent_cls.algo, cfg)

@@ -1,0 +1,185 @@
+"""A2PR: Adaptive Advantage-Guided Policy Regularization (Liu et al., ICML 2024).
+
+TD3 whose actor is regularized toward an *advantage-chosen* action: either the VAE reconstruction
+of the policy's own action or the dataset action, whichever has the higher advantage under a
+learned V, and only where that action beats V. Official code: ltlhuuu/A2PR (followed where the
+paper is silent). Per step, after the TD3 critic update (:mod:`offrl.td3`, y_T from the targets):
+
+    V:    y_C = r + γ(1 − d) min(Q₁, Q₂)(s', a')            (current critics, the same smoothed a')
+          L_V = mean (V(s) − min(y_T, y_C))²                 (plain MSE)
+    VAE:  m   = 1[Q₁(s, a) > V⁻(s)]                          (V⁻: V(s) before this step's V update)
+          L_VAE = mean_{B,dims}( w_vae · m · (â − a)² ) + ½ · mean KL(N(μ, σ²) ‖ N(0, I))
+    actor (every 2 steps):
+          λ   = α / mean |Q₁(s, π(s))|
+          ã   = VAE(s, π(s))                                  (reparameterized; gradient flows to π)
+          A_π = Q₁(s, ã) − V⁻(s),   A_D = Q₁(s, a) − V⁻(s)
+          t   = ã if A_π ≥ A_D else a
+          w   = mask · (1[Q₁(s, ã) ≥ V⁻(s)] + 1[Q₁(s, a) > V⁻(s)])       ∈ {0, mask, 2·mask}
+          L_π = −λ · mean Q₁(s, π(s)) + mean_{B,dims}( w · (π(s) − t)² )
+
+Networks (official): actor s → 256×3 → |A| (tanh), twin critics (s‖a) → 256×4 → 1, V s → 256×4
+→ 1, VAE 750-750 encoder/decoder with latent 2|A| (BCQ style). Adam 3e-4 (actor, critics, V),
+1e-3 (VAE, torch's default as in the official code). States normalized by dataset mean/std (+1e-3).
+The VAE's parameter gradients from the actor loss are discarded in the official code (its
+optimizer zeroes them next step); here the VAE is frozen during the actor loss — the same update.
+
+Presets (official commands): halfcheetah α 40, w_vae 1, mask 1, γ 0.99; hopper α 2.5, w_vae 1,
+mask 0.4, γ 0.995; walker2d α 2.5, w_vae 1.5, mask 1, γ 0.99; otherwise α 2.5, w_vae 1, mask 0.5.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+import torch
+
+from offrl.errors import check
+from offrl.nets import ConditionalVAE, ValueNet, gaussian_kl
+from offrl.td3 import TD3Agent, TD3Config, q_weight, td3_prepare
+from offrl.train import run_offline
+
+# env → (alpha, vae_weight, mask, discount)
+PRESETS = {
+    "halfcheetah": (40.0, 1.0, 1.0, 0.99),
+    "hopper": (2.5, 1.0, 0.4, 0.995),
+    "walker2d": (2.5, 1.5, 1.0, 0.99),
+}
+DEFAULT_PRESET = (2.5, 1.0, 0.5, 0.99)
+
+
+def preset_for(dataset_id: str) -> tuple[float, float, float, float]:
+    tokens = set(re.split(r"[-/_]", dataset_id.lower()))
+    for name, values in PRESETS.items():
+        if name in tokens:
+            return values
+    return DEFAULT_PRESET
+
+
+@dataclass
+class Config(TD3Config):
+    """A2PR. Unset (None) α, w_vae, mask and γ take the dataset's preset (halfcheetah 40/1/1/0.99,
+    hopper 2.5/1/0.4/0.995, walker2d 2.5/1.5/1/0.99, else 2.5/1/0.5/0.99)."""
+
+    alpha: float | None = None
+    """α of the Q weight λ = α / mean|Q₁| (preset by env)."""
+    vae_weight: float | None = None
+    """w_vae: weight of the VAE's masked reconstruction loss (preset by env)."""
+    mask: float | None = None
+    """Scale of the constraint weight mask·(1[Q₁(s,ã) ≥ V] + 1[Q₁(s,a) > V]) (preset by env)."""
+    discount: float | None = None
+    """Discount γ (preset: 0.995 hopper, else 0.99)."""
+    hidden: tuple[int, ...] = (256, 256, 256, 256)
+    """Hidden sizes of the twin critics and V."""
+    actor_hidden: tuple[int, ...] = (256, 256, 256)
+    """Hidden sizes of the actor."""
+    vae_hidden: tuple[int, ...] = (750, 750)
+    """Hidden sizes of the VAE's encoder and decoder."""
+    value_lr: float = 3e-4
+    """V learning rate."""
+    vae_lr: float = 1e-3
+    """VAE learning rate."""
+
+    def validate(self) -> None:
+        super().validate()
+        for name in ("vae_weight", "mask"):
+            v = getattr(self, name)
+            if v is not None:
+                check(v >= 0, f"--{name.replace('_', '-')} must be >= 0, got {v}")
+        check(all(h > 0 for h in self.actor_hidden) and all(h > 0 for h in self.vae_hidden),
+              "--actor-hidden and --vae-hidden must be positive sizes")
+
+    def resolve(self, dataset) -> None:
+        alpha, vae_weight, mask, discount = preset_for(self.dataset)
+        self.alpha = alpha if self.alpha is None else self.alpha
+        self.vae_weight = vae_weight if self.vae_weight is None else self.vae_weight
+        self.mask = mask if self.mask is None else self.mask
+        self.discount = discount if self.discount is None else self.discount
+
+
+class A2PR(TD3Agent):
+    """A2PR agent: ``update(batch) -> metrics``, ``act(obs)``, ``save``/``load``."""
+
+    algo = "a2pr"
+    Config = Config
+
+    def __init__(self, cfg: Config, obs_dim: int, act_dim: int, obs_mean=None, obs_std=None, device="cpu"):
+        check(None not in (cfg.alpha, cfg.vae_weight, cfg.mask, cfg.discount), "A2PR config is not resolved (presets unset)")
+        super().__init__(cfg, obs_dim, act_dim, obs_mean, obs_std, device, actor_hidden=cfg.actor_hidden,
+                         critic_hidden=cfg.hidden)
+        self.value = ValueNet(obs_dim, tuple(cfg.hidden))
+        self.vae = ConditionalVAE(obs_dim, act_dim, 2 * act_dim, tuple(cfg.vae_hidden))
+        self.to(self.device)
+        fused = dict(fused=True) if self.device.type in ("cpu", "cuda") else {}
+        self._init_optimizers(
+            value=torch.optim.Adam(self.value.parameters(), lr=cfg.value_lr, **fused),
+            vae=torch.optim.Adam(self.vae.parameters(), lr=cfg.vae_lr, **fused),
+        )
+
+    def extra_update(self, batch, y: torch.Tensor, next_act: torch.Tensor):
+        """V towards min(y_T, y_C), then the advantage-masked VAE; aux = (V⁻(s), Q₁(s, a))."""
+        cfg = self.cfg
+        obs, act, rew, next_obs, done = batch
+        with torch.no_grad():
+            y_c = rew + cfg.discount * (1.0 - done) * self.critic(next_obs, next_act).min(0).values
+            v_target = torch.minimum(y, y_c)
+        v = self.value(obs)
+        value_loss = (v - v_target).square().mean()
+        self.optimizers["value"].zero_grad(set_to_none=True)
+        value_loss.backward()
+        self.optimizers["value"].step()
+        v_old = v.detach()
+
+        with torch.no_grad():
+            q_data = self.critic(obs, act)[0]
+        keep = (q_data > v_old).float()
+        recon, mean, std = self.vae(obs, act)
+        recon_loss = (cfg.vae_weight * keep.unsqueeze(-1) * (recon - act).square()).mean()
+        kl = gaussian_kl(mean, std)
+        vae_loss = recon_loss + 0.5 * kl
+        self.optimizers["vae"].zero_grad(set_to_none=True)
+        vae_loss.backward()
+        self.optimizers["vae"].step()
+        metrics = {"value_loss": value_loss.detach(), "v_mean": v_old.mean(), "vae_loss": vae_loss.detach(),
+                   "vae_recon_loss": recon_loss.detach(), "vae_kl": kl.detach(), "vae_mask_mean": keep.mean()}
+        return metrics, (v_old, q_data)
+
+    def actor_loss(self, batch, aux=None):
+        check(aux is not None, "A2PR's actor loss needs V(s) and Q₁(s, a) from extra_update")
+        cfg = self.cfg
+        obs, act = batch[0], batch[1]
+        v_old, q_data = aux
+        pi = self.actor(obs)
+        q = self.critic(obs, pi)[0]
+        lam = q_weight(cfg.alpha, q)
+        self.vae.requires_grad_(False)  # gradients reach π through the VAE; its own are not used
+        try:
+            recon_pi, _, _ = self.vae(obs, pi)
+        finally:
+            self.vae.requires_grad_(True)
+        with torch.no_grad():
+            q_recon = self.critic(obs, recon_pi)[0]
+        use_recon = (q_recon - v_old) >= (q_data - v_old)
+        target = torch.where(use_recon.unsqueeze(-1), recon_pi, act)
+        weight = cfg.mask * ((q_recon >= v_old).float() + (q_data > v_old).float())
+        constraint = (weight.unsqueeze(-1) * (pi - target).square()).mean()
+        return -lam * q.mean() + constraint, {
+            "constraint_loss": constraint.detach(), "lambda": lam, "q_pi": q.detach().mean(),
+            "recon_chosen": use_recon.float().mean(), "weight_mean": weight.mean(),
+        }
+
+
+def train(cfg: Config) -> dict:
+    """Train A2PR on ``cfg.dataset``; returns the run summary."""
+    return run_offline(cfg, A2PR, td3_prepare)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    """``python algos/a2pr.py [flags]``: parse flags, train, print the summary JSON line."""
+    from offrl.cli import run_script
+
+    return run_script(Config, train, argv, prog="a2pr", description=__doc__)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,220 @@
+"""TD3 core, TD3+BC and PRDC: losses against hand computations (numpy, float64) on tiny nets,
+the delayed schedule, the exact nearest-neighbour index, exact resume and learning."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from offrl.algos.prdc import PRDC
+from offrl.algos.prdc import Config as PRDCConfig
+from offrl.algos.td3_bc import TD3BC
+from offrl.algos.td3_bc import Config as TD3BCConfig
+from offrl.buffer import Batch
+from offrl.knn import ExactNN
+
+
+def np_actor(agent, s):
+    layers = [m for m in agent.actor.net.net if isinstance(m, torch.nn.Linear)]
+    h = s
+    for i, lin in enumerate(layers):
+        h = h @ lin.weight.detach().double().numpy().T + lin.bias.detach().double().numpy()
+        if i < len(layers) - 1:
+            h = np.maximum(h, 0)
+    return np.tanh(h)
+
+
+def np_critic(critic, s, a):
+    """[E, B] Q values of an EnsembleCritic, by hand."""
+    lins = [m for m in critic.modules() if type(m).__name__ == "EnsembleLinear"]
+    out = []
+    for e in range(lins[0].weight.shape[0]):
+        h = np.concatenate([s, a], 1)
+        for i, lin in enumerate(lins):
+            h = h @ lin.weight[e].detach().double().numpy() + lin.bias[e].detach().double().numpy()
+            if i < len(lins) - 1:
+                h = np.maximum(h, 0)
+        out.append(h[:, 0])
+    return np.stack(out)
+
+
+def tiny_batch(obs_dim=3, act_dim=2, b=6, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return Batch(torch.randn(b, obs_dim, generator=g), torch.rand(b, act_dim, generator=g) * 2 - 1,
+                 torch.randn(b, generator=g), torch.randn(b, obs_dim, generator=g),
+                 (torch.rand(b, generator=g) < 0.3).float())
+
+
+def np_batch(batch):
+    return [x.double().numpy() for x in batch]
+
+
+def test_td3_critic_loss_by_hand():
+    torch.manual_seed(0)
+    agent = TD3BC(TD3BCConfig(hidden=(5,), discount=0.9), 3, 2)
+    batch = tiny_batch()
+    s, a, r, s2, d = np_batch(batch)
+    q = np_critic(agent.critic, s, a)
+    torch.manual_seed(7)
+    noise = torch.randn(6, 2).double().numpy()
+    a2 = np.clip(np_actor_target(agent, s2) + np.clip(0.2 * noise, -0.5, 0.5), -1, 1)
+    y = r + 0.9 * (1 - d) * np_critic(agent.critic_target, s2, a2).min(0)
+    expected = ((q[0] - y) ** 2).mean() + ((q[1] - y) ** 2).mean()
+    torch.manual_seed(7)
+    m = agent.critic_step(batch)
+    assert m["critic_loss"].item() == pytest.approx(expected, rel=1e-5)
+
+
+def np_actor_target(agent, s):
+    saved = agent.actor
+    agent.actor = agent.actor_target
+    try:
+        return np_actor(agent, s)
+    finally:
+        agent.actor = saved
+
+
+def test_td3_bc_actor_loss_by_hand():
+    torch.manual_seed(1)
+    agent = TD3BC(TD3BCConfig(hidden=(5,), alpha=2.5), 3, 2)
+    batch = tiny_batch()
+    s, a = np_batch(batch)[:2]
+    pi = np_actor(agent, s)
+    q1 = np_critic(agent.critic, s, pi)[0]
+    lam = 2.5 / np.abs(q1).mean()
+    expected = -lam * q1.mean() + ((pi - a) ** 2).mean()
+    loss, m = agent.actor_loss(batch)
+    assert loss.item() == pytest.approx(expected, rel=1e-5)
+    assert m["lambda"].item() == pytest.approx(lam, rel=1e-5)
+    assert m["bc_loss"].item() == pytest.approx(((pi - a) ** 2).mean(), rel=1e-5)
+
+
+def test_delayed_actor_and_targets():
+    torch.manual_seed(2)
+    agent = TD3BC(TD3BCConfig(hidden=(8,), policy_freq=2, tau=0.5), 3, 2)
+    batch = tiny_batch()
+    actor0 = [p.detach().clone() for p in agent.actor.parameters()]
+    target0 = [p.detach().clone() for p in agent.critic_target.parameters()]
+    m1 = agent.update(batch)
+    assert "actor_loss" not in m1  # no actor step yet
+    assert all(torch.equal(p, q) for p, q in zip(agent.actor.parameters(), actor0))
+    assert all(torch.equal(p, q) for p, q in zip(agent.critic_target.parameters(), target0))
+    critic1 = [p.detach().clone() for p in agent.critic.parameters()]
+    agent.update(batch)  # second update: critic, then actor and targets
+    critic2 = [p.detach().clone() for p in agent.critic.parameters()]
+    assert not all(torch.equal(p, q) for p, q in zip(agent.actor.parameters(), actor0))
+    for t, t0, c in zip(agent.critic_target.parameters(), target0, critic2):
+        torch.testing.assert_close(t, 0.5 * c + 0.5 * t0)
+    m3 = agent.update(batch)  # critic only: the actor metrics are the last actor step's
+    assert "actor_loss" in m3 and not all(torch.equal(p, q) for p, q in zip(critic1, critic2))
+    assert agent.iteration == 3
+
+
+# ----------------------------------------------------------------------------- nearest neighbour
+@pytest.mark.parametrize("method", ["kdtree", "brute"])
+def test_exact_nn_matches_brute_force(method):
+    g = torch.Generator().manual_seed(0)
+    points = torch.randn(5000, 7, generator=g) * torch.tensor([1, 2, 3, 0.5, 1, 1, 10.0]) + 100.0
+    queries = points[torch.randint(0, 5000, (300,), generator=g)] + 0.05 * torch.randn(300, 7, generator=g)
+    queries = torch.cat([queries, torch.randn(100, 7, generator=g) * 5 + 100.0])
+    truth = torch.cdist(queries.double(), points.double()).argmin(1)
+    index = ExactNN(points, method=method, chunk=1024, candidates=4)
+    assert torch.equal(index.query(queries), truth)
+
+
+def test_exact_nn_rejects_bad_shapes():
+    from offrl.errors import OffrlError
+
+    with pytest.raises(OffrlError, match="non-empty"):
+        ExactNN(torch.zeros(0, 3))
+    with pytest.raises(OffrlError, match="3-dim points"):
+        ExactNN(torch.zeros(4, 3), method="brute").query(torch.zeros(2, 5))
+
+
+def prdc_agent(beta=2.0, alpha=2.5, rows=60, seed=3):
+    torch.manual_seed(seed)
+    agent = PRDC(PRDCConfig(hidden=(5,), alpha=alpha, beta=beta), 3, 2)
+    g = torch.Generator().manual_seed(seed)
+    obs, act = torch.randn(rows, 3, generator=g), torch.rand(rows, 2, generator=g) * 2 - 1
+    agent.set_dataset(obs, act)
+    return agent, obs.double().numpy(), act.double().numpy()
+
+
+@pytest.mark.parametrize("method", ["kdtree", "brute"])
+def test_prdc_actor_loss_by_hand(method):
+    agent, ds_obs, ds_act = prdc_agent()
+    agent.index = ExactNN(torch.cat([2.0 * torch.as_tensor(ds_obs).float(), torch.as_tensor(ds_act).float()], 1), method)
+    batch = tiny_batch()
+    s, a = np_batch(batch)[:2]
+    pi = np_actor(agent, s)
+    keys = np.concatenate([2.0 * ds_obs, ds_act], 1)
+    query = np.concatenate([2.0 * s, pi], 1)  # the POLICY's action queries the index
+    nn = ((query[:, None] - keys[None]) ** 2).sum(-1).argmin(1)
+    wrong = ((np.concatenate([2.0 * s, a], 1)[:, None] - keys[None]) ** 2).sum(-1).argmin(1)
+    assert (nn != wrong).any()  # the test would notice querying with the dataset action
+    q1 = np_critic(agent.critic, s, pi)[0]  # λ and the Q term from Q1 only
+    lam = 2.5 / np.abs(q1).mean()
+    expected = -lam * q1.mean() + ((pi - ds_act[nn]) ** 2).mean()  # mean over batch and dims
+    loss, m = agent.actor_loss(batch)
+    assert loss.item() == pytest.approx(expected, rel=1e-5)
+    assert m["constraint_loss"].item() == pytest.approx(((pi - ds_act[nn]) ** 2).mean(), rel=1e-5)
+
+
+def test_prdc_constraint_gradient_flows_through_policy_only():
+    agent, ds_obs, ds_act = prdc_agent(alpha=0.0)  # α = 0: the loss is the constraint alone
+    batch = tiny_batch()
+    obs = batch.obs
+    pi = agent.actor(obs)
+    target = agent.nearest_actions(obs, pi)
+    assert not target.requires_grad
+    loss, _ = agent.actor_loss(batch)
+    grads = torch.autograd.grad(loss, list(agent.actor.parameters()))
+    pi = agent.actor(obs)
+    manual = torch.autograd.grad(((pi - target) ** 2).mean(), list(agent.actor.parameters()))
+    for g1, g2 in zip(grads, manual):
+        torch.testing.assert_close(g1, g2)
+
+
+def test_prdc_presets():
+    from offrl.algos.prdc import preset_for
+
+    assert preset_for("halfcheetah-medium-v2")[:2] == (40.0, 2.0)
+    assert preset_for("offrl/hopper/medium-replay-v0")[:2] == (2.5, 2.0)
+    assert preset_for("antmaze-umaze-v2") == (7.5, 7.5, 10000.0, -1.0)
+    cfg = PRDCConfig(dataset="offrl/halfcheetah/medium-v0", alpha=3.0)
+    cfg.resolve(None)
+    assert (cfg.alpha, cfg.beta, cfg.reward_scale) == (3.0, 2.0, 1.0)
+
+
+# ----------------------------------------------------------------------------- runs
+TINY = ["--hidden", "32", "32", "--batch-size", "32", "--eval-episodes", "1", "--log-every", "1", "--progress", "False", "--threads", "1"]
+
+
+@pytest.mark.parametrize("algo", ["td3_bc", "prdc"])
+def test_exact_resume(algo, use_scripted, tmp_path):
+    import importlib
+
+    mod = importlib.import_module(f"offrl.algos.{algo}")
+    full = mod.main([*TINY, "--steps", "21", "--eval-every", "0", "--checkpoint-every", "11", "--run-dir", str(tmp_path / "a")])
+    mod.main([*TINY, "--steps", "11", "--eval-every", "0", "--checkpoint-every", "11", "--run-dir", str(tmp_path / "b")])
+    mod.main(["--resume", str(tmp_path / "b" / "checkpoint.pt"), "--steps", "21"])
+    a = torch.load(full["checkpoint"], weights_only=True)
+    b = torch.load(tmp_path / "b" / "checkpoint.pt", weights_only=True)
+    assert a["iteration"] == b["iteration"] == 21
+    for k in a["agent"]:
+        assert torch.equal(a["agent"][k], b["agent"][k]), k
+    rows = lambda p: [json.loads(x) for x in open(p / "metrics.jsonl")]  # noqa: E731
+    assert [r for r in rows(tmp_path / "a") if "step" in r and not any(k.startswith("eval/") for k in r)] == \
+           [r for r in rows(tmp_path / "b") if "step" in r and not any(k.startswith("eval/") for k in r)]
+
+
+@pytest.mark.parametrize("algo, threshold", [("td3_bc", 80.0), ("prdc", 150.0)])
+def test_learns_scripted(algo, threshold, use_scripted, tmp_path):
+    """Behaviour mean return 12.5, cloning it ≈ 28: both must recover much of the stabilising mode."""
+    import importlib
+
+    mod = importlib.import_module(f"offrl.algos.{algo}")
+    s = mod.main(["--steps", "2000", "--hidden", "64", "64", "--eval-every", "0", "--eval-episodes", "5",
+                  "--progress", "False", "--run-dir", str(tmp_path / "run")])
+    assert s["final_return"] >= threshold, s
