@@ -17,7 +17,7 @@ import torch
 
 from offrl.errors import OffrlError
 
-ALGOS = ["iql", "sac", "td3_bc", "prdc", "a2pr"]
+ALGOS = ["iql", "sac", "td3_bc", "prdc", "a2pr", "odice"]
 
 
 def load_algo(name: str):
