@@ -23,6 +23,13 @@ per-head V(s), V(s'). The policy weight is relu(δ_f) as in the official code, n
 setting), state-independent log-std in [−5, 2], Adam with weight decay 1e-4; act = mean clipped to
 ±1. Rewards: locomotion r·1000/(max − min episode return), antmaze −3 where r = 0, else 0.
 
+Offline imitation (``--expert-dataset ID --expert-episodes K``): the first K complete episodes of
+the expert dataset plus the reward-free ``--dataset`` rows ("union"), rewards 1 on expert rows and
+0 on union rows (``--il-reward label``; this labelling is offrl's choice — the official IL script
+trains on a single expert trajectory with all rewards 0, which ``--no-union --il-reward zero``
+reproduces), with the official IL hyperparameters: λ 0.4, lr 1e-4, tanh mean, normalized states,
+no LayerNorm, weight decay 1e-5 (walker2d 1e-3); the official IL runs use 500k steps.
+
 ``--update-rule true_g`` (full gradient through both V(s) and V(s')) and ``semi_g`` (target V at
 s') are the ablations of the official code: L = mean((1 − λ) V(s) + λ f*(δ)).
 """
@@ -66,8 +73,8 @@ def project_backward(g_f: list[torch.Tensor], g_b: list[torch.Tensor]) -> tuple[
 class Config(OfflineConfig):
     """O-DICE (official repo defaults λ 0.6, η 1.0; the paper tunes both per dataset)."""
 
-    lam: float = 0.6
-    """λ: weight of the f* terms; 1 − λ weighs the linear term mean V(s) (official name: Lambda)."""
+    lam: float | None = None
+    """λ: weight of the f* terms; 1 − λ weighs the linear term mean V(s) (official name: Lambda; preset 0.6, imitation 0.4)."""
     eta: float = 1.0
     """η: scale of the backward-gradient loss before the orthogonal projection."""
     update_rule: Literal["orthogonal_true_g", "true_g", "semi_g"] = "orthogonal_true_g"
@@ -76,12 +83,12 @@ class Config(OfflineConfig):
     """Discount γ."""
     tau: float = 0.005
     """EMA rate of the target V."""
-    value_lr: float = 2e-4
-    """V learning rate (Adam, no weight decay)."""
-    policy_lr: float = 2e-4
-    """Policy learning rate."""
-    weight_decay: float = 1e-4
-    """Policy Adam weight decay (L2)."""
+    value_lr: float | None = None
+    """V learning rate, Adam without weight decay (preset 2e-4; imitation 1e-4)."""
+    policy_lr: float | None = None
+    """Policy learning rate (preset 2e-4; imitation 1e-4)."""
+    weight_decay: float | None = None
+    """Policy Adam weight decay, L2 (preset 1e-4; imitation 1e-5, walker2d 1e-3)."""
     weight_max: float = 100.0
     """Clip of the policy weights relu(δ_f)."""
     hidden: tuple[int, ...] = (256, 256)
@@ -89,29 +96,49 @@ class Config(OfflineConfig):
     policy_hidden: tuple[int, ...] = (1024, 1024)
     """Hidden sizes of the policy's mean network."""
     layer_norm: bool | None = None
-    """LayerNorm in V (preset: on for locomotion, off for antmaze)."""
+    """LayerNorm in V (preset: on for locomotion RL; off for antmaze and imitation)."""
     twin_v: bool | None = None
     """Two V heads (TwinV) (preset: on; off for antmaze large and umaze-diverse)."""
-    tanh_mean: bool = False
-    """tanh on the policy mean (off in the RL setting, on in the official IL setting)."""
-    normalize_states: bool = False
-    """Normalize states by dataset mean/std + 1e-3 (off in the RL setting)."""
+    tanh_mean: bool | None = None
+    """tanh on the policy mean (preset: off for RL, on for imitation)."""
+    normalize_states: bool | None = None
+    """Normalize states by dataset mean/std + 1e-3 (preset: off for RL, on for imitation)."""
     reward_mode: Literal["auto", "scale", "antmaze", "none"] = "auto"
-    """Rewards: scale = r·1000/(max−min episode return), antmaze = −3 where r = 0 else 0; auto by domain."""
+    """RL rewards: scale = r·1000/(max−min episode return), antmaze = −3 where r = 0 else 0; auto by domain."""
+    expert_dataset: str | None = None
+    """Offline imitation: take expert trajectories from this dataset; --dataset becomes the reward-free union data."""
+    expert_episodes: int = 1
+    """Offline imitation: how many (complete, first) expert episodes to use."""
+    il_reward: Literal["label", "zero"] = "label"
+    """Offline imitation rewards: label = 1 on expert rows, 0 on union rows; zero = 0 everywhere (the official IL script, which trains on expert rows only)."""
+    union: bool = True
+    """Offline imitation: include the --dataset rows (off: expert rows only, as the official IL script)."""
 
     def validate(self) -> None:
         super().validate()
-        check(0.0 <= self.lam <= 1.0, f"--lam must be in [0, 1], got {self.lam}")
+        if self.lam is not None:
+            check(0.0 <= self.lam <= 1.0, f"--lam must be in [0, 1], got {self.lam}")
+        check(self.expert_episodes > 0, f"--expert-episodes must be positive, got {self.expert_episodes}")
         check(self.eta >= 0, f"--eta must be >= 0, got {self.eta}")
         check(0.0 <= self.discount <= 1.0, f"--discount must be in [0, 1], got {self.discount}")
         check(0.0 < self.tau <= 1.0, f"--tau must be in (0, 1], got {self.tau}")
         check(self.weight_max > 0, f"--weight-max must be positive, got {self.weight_max}")
         check(all(h > 0 for h in self.hidden + self.policy_hidden), "--hidden and --policy-hidden must be positive sizes")
 
+    @property
+    def imitation(self) -> bool:
+        return self.expert_dataset is not None
+
     def resolve(self, dataset) -> None:
         antmaze = dataset_domain(self.dataset) == "antmaze"
-        if self.layer_norm is None:
-            self.layer_norm = not antmaze
+        il = self.imitation
+        walker = "walker2d" in re.split(r"[-/_]", (self.expert_dataset or self.dataset).lower())
+        defaults = {"lam": 0.4 if il else 0.6, "value_lr": 1e-4 if il else 2e-4, "policy_lr": 1e-4 if il else 2e-4,
+                    "weight_decay": (1e-3 if walker else 1e-5) if il else 1e-4, "tanh_mean": il,
+                    "normalize_states": il, "layer_norm": not (antmaze or il)}
+        for name, value in defaults.items():
+            if getattr(self, name) is None:
+                setattr(self, name, value)
         if self.twin_v is None:
             tokens = set(re.split(r"[-/_]", self.dataset.lower()))
             single = antmaze and ("large" in tokens or ("umaze" in tokens and "diverse" in tokens))
@@ -126,7 +153,8 @@ class ODICE(Agent):
 
     def __init__(self, cfg: Config, obs_dim: int, act_dim: int, obs_mean=None, obs_std=None, device="cpu"):
         super().__init__(cfg, obs_dim, act_dim, obs_mean, obs_std, device)
-        check(cfg.layer_norm is not None and cfg.twin_v is not None, "O-DICE config is not resolved (presets unset)")
+        check(None not in (cfg.layer_norm, cfg.twin_v, cfg.lam, cfg.value_lr, cfg.policy_lr, cfg.weight_decay,
+                           cfg.tanh_mean), "O-DICE config is not resolved (presets unset)")
         heads = 2 if cfg.twin_v else 1
         self.value = EnsembleMLP(obs_dim, 1, heads, tuple(cfg.hidden), layer_norm=cfg.layer_norm)
         self.value_target = EnsembleMLP(obs_dim, 1, heads, tuple(cfg.hidden), layer_norm=cfg.layer_norm)
@@ -205,19 +233,48 @@ class ODICE(Agent):
         return metrics
 
 
+def imitation_dataset(cfg: Config, union):
+    """The first ``expert_episodes`` complete episodes of ``cfg.expert_dataset`` followed by the
+    union rows (``--dataset``), with rewards 1/0 (``label``) or 0 (``zero``)."""
+    from offrl.data import load_dataset
+    from offrl.data.dataset import ARRAY_FIELDS, Dataset
+
+    expert = load_dataset(cfg.expert_dataset)
+    check((expert.obs_dim, expert.act_dim) == (union.obs_dim, union.act_dim),
+          f"{expert.id} has obs/act dims {expert.obs_dim}/{expert.act_dim}, {union.id} has {union.obs_dim}/{union.act_dim}")
+    done = np.flatnonzero((expert.terminals > 0) | (expert.timeouts > 0))
+    check(len(done) >= cfg.expert_episodes,
+          f"{expert.id} has {len(done)} complete episodes, fewer than --expert-episodes {cfg.expert_episodes}")
+    ex = expert.subset(np.arange(done[cfg.expert_episodes - 1] + 1))
+    parts = [ex, union] if cfg.union else [ex]
+    arrays = {k: np.concatenate([getattr(p, k) for p in parts]) for k in ARRAY_FIELDS}
+    label = 1.0 if cfg.il_reward == "label" else 0.0
+    arrays["rewards"] = np.concatenate([np.full(len(ex), label, np.float32)] +
+                                       ([np.zeros(len(union), np.float32)] if cfg.union else []))
+    name = f"{cfg.expert_episodes}x{expert.id}" + (f"+{union.id}" if cfg.union else "")
+    return Dataset(**arrays, metadata=dict(union.metadata, id=name, expert_rows=len(ex))), len(ex)
+
+
 def prepare(cfg: Config, dataset) -> Prepared:
-    """Rewards by domain (official code), optional state normalization."""
-    mode = cfg.reward_mode
-    if mode == "auto":
-        mode = {"locomotion": "scale", "antmaze": "antmaze"}.get(dataset_domain(cfg.dataset), "none")
-    if mode == "scale":
-        rewards = dataset.rewards * return_range_scale(dataset)
-    elif mode == "antmaze":
-        rewards = np.where(dataset.rewards == 0.0, -3.0, 0.0)
-    else:
+    """RL: rewards by domain (official code). Imitation: expert + union rows, labelled rewards.
+    Optional state normalization over the rows trained on."""
+    replaced = None
+    if cfg.imitation:
+        replaced, _ = imitation_dataset(cfg, dataset)
+        dataset = replaced
         rewards = dataset.rewards
+    else:
+        mode = cfg.reward_mode
+        if mode == "auto":
+            mode = {"locomotion": "scale", "antmaze": "antmaze"}.get(dataset_domain(cfg.dataset), "none")
+        if mode == "scale":
+            rewards = dataset.rewards * return_range_scale(dataset)
+        elif mode == "antmaze":
+            rewards = np.where(dataset.rewards == 0.0, -3.0, 0.0)
+        else:
+            rewards = dataset.rewards
     mean, std = dataset.state_stats() if cfg.normalize_states else (None, None)
-    return Prepared(rewards=np.asarray(rewards, np.float32), obs_mean=mean, obs_std=std)
+    return Prepared(rewards=np.asarray(rewards, np.float32), obs_mean=mean, obs_std=std, dataset=replaced)
 
 
 def train(cfg: Config) -> dict:

@@ -72,6 +72,9 @@ class Prepared:
     actions: np.ndarray | None = None
     obs_mean: np.ndarray | None = None
     obs_std: np.ndarray | None = None
+    dataset: object | None = None
+    """A replacement training dataset (e.g. expert + union rows for offline imitation); the other
+    fields then refer to its rows. Evaluation still uses the env of ``--dataset``."""
 
 
 def run_offline(
@@ -102,6 +105,8 @@ def run_offline(
         torch.set_num_threads(cfg.threads)
     set_seed(cfg.seed)
     prep = prepare(cfg, dataset) if prepare else Prepared()
+    if prep.dataset is not None:
+        dataset = prep.dataset
     from offrl.buffer import ReplayBuffer
 
     buffer = ReplayBuffer.from_dataset(dataset, device, seed=cfg.seed, rewards=prep.rewards, actions=prep.actions,
