@@ -122,11 +122,16 @@ class Agent(nn.Module):
         was_training = self.training
         self.eval()
         try:
-            a = self.policy(self.normalize_obs(x), deterministic)
+            a = self.raw_policy(x, deterministic)
         finally:
             self.train(was_training)
         a = a.float().cpu().numpy()
         return a[0] if single else a
+
+    def raw_policy(self, obs: torch.Tensor, deterministic: bool = True) -> torch.Tensor:
+        """Actions for a batch of *raw* observations (tensor on the device); :meth:`act` calls it.
+        Normalizes with the agent's statistics, then :meth:`policy`; plug-ins (CDSA) override it."""
+        return self.policy(self.normalize_obs(obs), deterministic)
 
     # ------------------------------------------------------------------ state
     def training_state(self) -> dict[str, Any]:

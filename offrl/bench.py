@@ -17,7 +17,8 @@ import torch
 
 from offrl.errors import OffrlError
 
-ALGOS = ["iql", "sac", "td3_bc", "prdc", "a2pr", "odice"]
+ALGOS = ["iql", "sac", "td3_bc", "prdc", "a2pr", "odice", "cdsa"]
+BENCH_ALGOS = [a for a in ALGOS if a != "cdsa"]  # cdsa corrects a trained base policy: no synthetic bench
 
 
 def load_algo(name: str):

@@ -136,12 +136,12 @@ def _datasets(args: list[str]) -> int:
 
 
 def _bench(args: list[str]) -> int:
-    from offrl.bench import ALGOS, bench_update
+    from offrl.bench import BENCH_ALGOS, bench_update
 
     p = argparse.ArgumentParser(prog="offrl bench", description="Benchmarks (print one JSON line).")
     sub = p.add_subparsers(dest="cmd", required=True)
     u = sub.add_parser("update", help="updates/s of an algorithm's update step on a synthetic D4RL-size batch")
-    u.add_argument("--algo", default="iql", choices=ALGOS)
+    u.add_argument("--algo", default="iql", choices=BENCH_ALGOS)
     u.add_argument("--device", default="cpu", help="cpu, cuda, auto (default cpu)")
     u.add_argument("--steps", type=int, default=500, help="timed updates (default 500)")
     u.add_argument("--warmup", type=int, default=50, help="untimed updates first (default 50)")
