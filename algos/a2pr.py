@@ -29,13 +29,14 @@ mask 0.4, γ 0.995; walker2d α 2.5, w_vae 1.5, mask 1, γ 0.99; otherwise α 2.
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 
 import torch
 
 from offrl.errors import check
 from offrl.nets import ConditionalVAE, ValueNet, gaussian_kl
+from offrl.preprocess import fill_unset
+from offrl.preprocess import preset_for as _preset_for
 from offrl.td3 import TD3Agent, TD3Config, q_weight, td3_prepare
 from offrl.train import run_offline
 
@@ -49,11 +50,7 @@ DEFAULT_PRESET = (2.5, 1.0, 0.5, 0.99)
 
 
 def preset_for(dataset_id: str) -> tuple[float, float, float, float]:
-    tokens = set(re.split(r"[-/_]", dataset_id.lower()))
-    for name, values in PRESETS.items():
-        if name in tokens:
-            return values
-    return DEFAULT_PRESET
+    return _preset_for(dataset_id, PRESETS, DEFAULT_PRESET)
 
 
 @dataclass
@@ -90,11 +87,7 @@ class Config(TD3Config):
               "--actor-hidden and --vae-hidden must be positive sizes")
 
     def resolve(self, dataset) -> None:
-        alpha, vae_weight, mask, discount = preset_for(self.dataset)
-        self.alpha = alpha if self.alpha is None else self.alpha
-        self.vae_weight = vae_weight if self.vae_weight is None else self.vae_weight
-        self.mask = mask if self.mask is None else self.mask
-        self.discount = discount if self.discount is None else self.discount
+        fill_unset(self, **dict(zip(('alpha', 'vae_weight', 'mask', 'discount'), preset_for(self.dataset))))
 
 
 class A2PR(TD3Agent):

@@ -46,7 +46,7 @@ import torch
 from offrl.agent import Agent
 from offrl.errors import check
 from offrl.nets import EnsembleMLP, GaussianActor, soft_update_
-from offrl.preprocess import dataset_domain, return_range_scale
+from offrl.preprocess import dataset_domain, fill_unset, return_range_scale
 from offrl.train import OfflineConfig, Prepared, run_offline
 
 
@@ -136,9 +136,7 @@ class Config(OfflineConfig):
         defaults = {"lam": 0.4 if il else 0.6, "value_lr": 1e-4 if il else 2e-4, "policy_lr": 1e-4 if il else 2e-4,
                     "weight_decay": (1e-3 if walker else 1e-5) if il else 1e-4, "tanh_mean": il,
                     "normalize_states": il, "layer_norm": not (antmaze or il)}
-        for name, value in defaults.items():
-            if getattr(self, name) is None:
-                setattr(self, name, value)
+        fill_unset(self, **defaults)
         if self.twin_v is None:
             tokens = set(re.split(r"[-/_]", self.dataset.lower()))
             single = antmaze and ("large" in tokens or ("umaze" in tokens and "diverse" in tokens))

@@ -21,7 +21,6 @@ Presets (official README): halfcheetah α 40, β 2; hopper, walker2d α 2.5, β 
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from typing import Literal
 
@@ -29,6 +28,8 @@ import torch
 
 from offrl.errors import check
 from offrl.knn import ExactNN
+from offrl.preprocess import fill_unset
+from offrl.preprocess import preset_for as _preset_for
 from offrl.td3 import TD3Agent, TD3Config, q_weight, td3_prepare
 from offrl.train import run_offline
 
@@ -43,11 +44,7 @@ DEFAULT_PRESET = (2.5, 2.0, 1.0, 0.0)
 
 
 def preset_for(dataset_id: str) -> tuple[float, float, float, float]:
-    tokens = set(re.split(r"[-/_]", dataset_id.lower()))
-    for name, values in PRESETS.items():
-        if name in tokens:
-            return values
-    return DEFAULT_PRESET
+    return _preset_for(dataset_id, PRESETS, DEFAULT_PRESET)
 
 
 @dataclass
@@ -75,11 +72,7 @@ class Config(TD3Config):
         check(self.nn_chunk > 0, f"--nn-chunk must be positive, got {self.nn_chunk}")
 
     def resolve(self, dataset) -> None:
-        alpha, beta, scale, shift = preset_for(self.dataset)
-        self.alpha = alpha if self.alpha is None else self.alpha
-        self.beta = beta if self.beta is None else self.beta
-        self.reward_scale = scale if self.reward_scale is None else self.reward_scale
-        self.reward_shift = shift if self.reward_shift is None else self.reward_shift
+        fill_unset(self, **dict(zip(('alpha', 'beta', 'reward_scale', 'reward_shift'), preset_for(self.dataset))))
 
 
 class PRDC(TD3Agent):

@@ -28,3 +28,20 @@ def return_range_scale(dataset, target: float = 1000.0) -> float:
     if not np.isfinite(spread) or spread <= 0:
         raise OffrlError(f"{dataset.id}: cannot scale rewards, all episodes have the same return ({rets.max():.3f})")
     return target / spread
+
+
+def preset_for(dataset_id: str, presets: dict, default):
+    """The entry of ``presets`` (keyed by env or domain token, e.g. ``hopper``, ``antmaze``) whose key
+    is a token of ``dataset_id`` (split at - / _), else ``default``."""
+    tokens = set(re.split(r"[-/_]", (dataset_id or "").lower()))
+    for name, values in presets.items():
+        if name in tokens:
+            return values
+    return default
+
+
+def fill_unset(cfg, **values) -> None:
+    """Set each config field that is still None (not given on the command line) to its preset."""
+    for name, value in values.items():
+        if getattr(cfg, name) is None:
+            setattr(cfg, name, value)
