@@ -150,3 +150,21 @@ def test_script_help_and_cli_run(tmp_path, capsys):
     with pytest.raises(SystemExit) as e:
         main(["train", "sac", "--total-steps", "0"])
     assert e.value.code == 2
+
+
+def test_record_and_snapshots_do_not_change_training(tmp_path):
+    """--record / --snapshots only observe: the same seed gives bit-identical weights and buffer."""
+    from offrl.algos import sac
+
+    base = ["--env", "Hopper-v5", "--total-steps", "1100", "--learning-starts", "1000", "--hidden", "16", "16",
+            "--batch-size", "16", "--eval-every", "550", "--eval-episodes", "1", "--threads", "1", "--progress", "False"]
+    plain = sac.main([*base, "--run-dir", str(tmp_path / "plain")])
+    rec = sac.main([*base, "--record", "--snapshots", "--run-dir", str(tmp_path / "rec")])
+    a = torch.load(plain["checkpoint"], weights_only=True)
+    b = torch.load(rec["checkpoint"], weights_only=True)
+    for k in a["agent"]:
+        assert torch.equal(a["agent"][k], b["agent"][k]), k
+    assert torch.equal(a["train"]["buffer"]["data"], b["train"]["buffer"]["data"])
+    assert "record" in b["train"] and len(b["train"]["record"]["logp"]) == 1100
+    assert sorted(p.name for p in (tmp_path / "rec" / "snapshots").iterdir()) == \
+        ["step00000000.pt", "step00000550.pt", "step00001100.pt"]
