@@ -63,7 +63,10 @@ def main(argv=None) -> int:
         sys.exit(f"no evaluated snapshots under {a.run}/snapshots")
     expert = max(scored, key=lambda s: s[1])
     target = expert[1] / 3.0
-    medium = min((s for s in scored if s[0] < expert[0]), key=lambda s: abs(s[1] - target))
+    earlier = [s for s in scored if s[0] < expert[0]]
+    if not earlier:
+        sys.exit(f"the best snapshot (step {expert[0]}) is the first evaluated one: no earlier snapshot to be medium")
+    medium = min(earlier, key=lambda s: abs(s[1] - target))
     random = next((s for s in snaps if s[0] == 0), None)
     if random is None:  # the initial actor exactly as run_online builds it
         cfg_ck = expert[3]
@@ -80,7 +83,7 @@ def main(argv=None) -> int:
         info = dict(ck["policy"])
         info.update(level=level, behaviour_return_mean=mean, behaviour_return_std=std, behaviour_episodes=a.episodes,
                     eval_return_mean=ret, run=os.path.basename(os.path.normpath(a.run)), source=os.path.basename(path),
-                    expert_eval_return=expert[1], torch=torch.__version__,
+                    expert_eval_return=expert[1], torch=str(torch.__version__),
                     note=f"SAC ({agent.cfg.hidden}, seed {agent.cfg.seed}) on {env_id}, snapshot at env step {step}")
         out = os.path.join(a.out, f"{a.env}-{level}.pt")
         agent.save_policy(out, info)

@@ -1,0 +1,120 @@
+"""Smoke runs of every helper in scripts/ through its command line, at a tiny size."""
+
+import json
+import runpy
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from test_recipes import policies  # noqa: F401  (fixture: untrained policy files for hopper/halfcheetah)
+
+from offrl.algos.sac import SAC, Config
+from offrl.data import get_info, recipes
+
+SCRIPTS = Path(__file__).resolve().parent.parent / "scripts"
+
+
+def run_script(name: str, argv: list[str], capsys) -> list[str]:
+    """Run scripts/<name> as ``__main__`` with ``argv``; returns its stdout lines."""
+    old = sys.argv
+    sys.argv = [name, *argv]
+    try:
+        with pytest.raises(SystemExit) as e:
+            runpy.run_path(str(SCRIPTS / name), run_name="__main__")
+            raise SystemExit(0)  # scripts whose main() returns None
+        assert e.value.code in (0, None)
+    finally:
+        sys.argv = old
+    return [line for line in capsys.readouterr().out.splitlines() if line.strip()]
+
+
+def test_every_script_is_covered():
+    covered = {"ship_behaviour_policies.py", "dataset_card.py", "bench_collect.py", "bench_iql_baseline.py",
+               "compare_iql_speed.py", "cdsa_sweep.py"}
+    assert {p.name for p in SCRIPTS.glob("*.py")} == covered
+
+
+def _snapshot(run: Path, step: int, ret):
+    torch.manual_seed(step)
+    agent = SAC(Config(env="Hopper-v5", hidden=(32, 32), seed=5), 11, 3)
+    info = {"env": "Hopper-v5", "step": step, "seed": 5}
+    if ret is not None:
+        info["return_mean"] = ret
+    agent.save_policy(str(run / "snapshots" / f"step{step:08d}.pt"), info)
+
+
+def test_ship_behaviour_policies_picks_expert_and_medium(tmp_path, capsys):
+    run = tmp_path / "run"
+    for step, ret in ((0, None), (10, 100.0), (20, 380.0), (30, 1200.0), (40, 900.0), (50, 420.0)):
+        _snapshot(run, step, ret)
+    out = tmp_path / "policies"
+    lines = run_script("ship_behaviour_policies.py", ["--env", "hopper", "--run", str(run), "--episodes", "2",
+                                                      "--out", str(out)], capsys)
+    rows = {r["level"]: r for r in map(json.loads, lines)}
+    # expert = best evaluation (step 30); medium = the earlier snapshot closest to 1200 / 3 (step 20, not 50)
+    assert (rows["random"]["step"], rows["medium"]["step"], rows["expert"]["step"]) == (0, 20, 30)
+    for level in ("random", "medium", "expert"):
+        ck = torch.load(out / f"hopper-{level}.pt", weights_only=True)
+        assert ck["policy"]["level"] == level and ck["policy"]["behaviour_episodes"] == 2
+        assert ck["policy"]["expert_eval_return"] == 1200.0
+        src = torch.load(run / "snapshots" / f"step{rows[level]['step']:08d}.pt", weights_only=True)
+        assert src["agent"].keys() == ck["agent"].keys()
+        assert all(torch.equal(v, ck["agent"][k]) for k, v in src["agent"].items())
+        agent, info = recipes.load_behaviour("hopper", level, path=out / f"hopper-{level}.pt")
+        assert info["step"] == rows[level]["step"]
+
+
+def test_ship_behaviour_policies_needs_an_earlier_snapshot(tmp_path, capsys):
+    run = tmp_path / "run"
+    _snapshot(run, 10, 500.0)
+    _snapshot(run, 20, 100.0)
+    sys.argv, old = ["ship", "--env", "hopper", "--run", str(run), "--out", str(tmp_path / "p")], sys.argv
+    try:
+        with pytest.raises(SystemExit) as e:
+            runpy.run_path(str(SCRIPTS / "ship_behaviour_policies.py"), run_name="__main__")
+    finally:
+        sys.argv = old
+    assert "no earlier snapshot" in str(e.value.code)
+
+
+def test_dataset_card_reads_built_datasets(policies, capsys):  # noqa: F811
+    recipes.build(get_info("offrl/hopper/medium-v0"), num_transitions=1500, progress=False)
+    rows = {r["id"]: r for r in map(json.loads, run_script("dataset_card.py", ["--json"], capsys))}
+    assert len(rows) == 15
+    med = rows["offrl/hopper/medium-v0"]
+    assert med["transitions"] == 1500 and med["episodes"] >= 1 and med["behaviour_step"] == 0
+    assert rows["offrl/hopper/expert-v0"] == {"id": "offrl/hopper/expert-v0", "present": False}
+    table = run_script("dataset_card.py", [], capsys)
+    assert len(table) == 2 + 15 and "| `offrl/hopper/medium-v0` | 1,500 |" in "\n".join(table)
+
+
+def test_bench_collect(policies, capsys):  # noqa: F811
+    (row,) = run_script("bench_collect.py", ["--transitions", "600", "--num-envs", "2", "--envs", "halfcheetah"], capsys)
+    r = json.loads(row)
+    assert r["transitions_per_s"]["halfcheetah"] > 0 and r["policy"] == {"halfcheetah": "expert"}
+
+
+def test_bench_iql_baseline_and_compare(capsys):
+    (row,) = run_script("bench_iql_baseline.py", ["--steps", "3", "--warmup", "1", "--threads", "1"], capsys)
+    assert json.loads(row)["updates_per_s"] > 0
+    (row,) = run_script("compare_iql_speed.py", ["--rounds", "1", "--steps", "3", "--warmup", "1", "--threads", "1"],
+                        capsys)
+    r = json.loads(row)["threads_1"]
+    assert r["baseline"] > 0 and r["offrl"] > 0 and r["ratio"] > 0
+
+
+def test_cdsa_sweep(use_scripted, tmp_path, capsys):
+    from offrl.cli import main
+
+    base_dir, run_dir = tmp_path / "base", tmp_path / "cdsa"
+    tiny = ["--hidden", "16", "16", "--batch-size", "16", "--eval-every", "0", "--eval-episodes", "1", "--progress", "False"]
+    assert main(["train", "iql", "--dataset", "offrl/invertedpendulum/scripted-v0", "--steps", "20", *tiny,
+                 "--run-dir", str(base_dir)]) == 0
+    assert main(["train", "cdsa", "--checkpoint", str(base_dir / "checkpoint.pt"), "--steps", "20", *tiny,
+                 "--compare-episodes", "1", "--run-dir", str(run_dir)]) == 0
+    capsys.readouterr()
+    lines = run_script("cdsa_sweep.py", [str(run_dir / "checkpoint.pt"), "--act-sigma", "0.1", "0.3", "--episodes", "2"],
+                       capsys)
+    rows = [json.loads(x) for x in lines]
+    assert len(rows) == 2 and all("base" in json.dumps(r) for r in rows)
