@@ -58,3 +58,22 @@ def use_scripted(scripted_root: Path, tmp_path: Path, monkeypatch: pytest.Monkey
     monkeypatch.setenv("MINARI_DATASETS_PATH", str(scripted_root))
     monkeypatch.setenv("D4RL_DATASET_DIR", str(d4rl))
     return scripted_root
+
+
+@pytest.fixture
+def policies(tmp_path, monkeypatch, data_dirs):
+    """Untrained SAC policy files (2×32) for every level of hopper and halfcheetah."""
+    import torch
+
+    from offrl.algos.sac import SAC, Config
+    from offrl.data import recipes
+
+    pdir = tmp_path / "policies"
+    for env, env_id in (("hopper", "Hopper-v5"), ("halfcheetah", "HalfCheetah-v5")):
+        for k, level in enumerate(recipes.POLICY_LEVELS):
+            torch.manual_seed(k)
+            agent = SAC(Config(env=env_id, hidden=(32, 32)), *recipes.DIMS[env])
+            agent.save_policy(str(pdir / f"{env}-{level}.pt"),
+                              {"env": env_id, "step": 0, "seed": k, "behaviour_return_mean": float(k)})
+    monkeypatch.setattr(recipes, "POLICY_DIR", pdir)
+    return pdir

@@ -101,7 +101,7 @@ def test_cdsa_over_an_iql_checkpoint_through_the_cli(use_scripted, tmp_path, cap
     from offrl.cli import main
 
     base_dir = tmp_path / "iql"
-    assert main(["train", "iql", "--steps", "20", "--hidden", "16", "16", "--batch-size", "16", "--eval-every", "0",
+    assert main(["train", "iql", "--dataset", "offrl/invertedpendulum/scripted-v0", "--steps", "20", "--hidden", "16", "16", "--batch-size", "16", "--eval-every", "0",
                  "--eval-episodes", "1", "--progress", "False", "--run-dir", str(base_dir)]) == 0
     run_dir = tmp_path / "cdsa"
     assert main(["train", "cdsa", "--checkpoint", str(base_dir / "checkpoint.pt"), "--steps", "30", "--hidden", "16", "16",

@@ -28,7 +28,7 @@ from offrl.errors import OffrlError
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPTED = "offrl/invertedpendulum/scripted-v0"
-TINY = ["--steps", "20", "--hidden", "32", "32", "--batch-size", "32", "--eval-episodes", "2", "--eval-every", "10",
+TINY = ["--dataset", SCRIPTED, "--steps", "20", "--hidden", "32", "32", "--batch-size", "32", "--eval-episodes", "2", "--eval-every", "10",
         "--log-every", "5", "--progress", "False", "--device", "cpu"]
 ONE_THREAD = ["--threads", "1"]  # subprocesses only: in-process, --threads would change torch's global setting
 EVAL_SEED = 10_000  # training evaluates episode i with seed cfg.seed + 10000 + i (cfg.seed = 0)
@@ -328,7 +328,7 @@ def iql_ckpt(tmp_path) -> Path:
     """A small untrained IQL checkpoint for the scripted dataset, saved in-process."""
     from offrl.algos.iql import IQL, Config
 
-    cfg = Config(hidden=(32, 32), steps=20)
+    cfg = Config(dataset=SCRIPTED, hidden=(32, 32), steps=20)
     cfg.resolve(None)
     path = tmp_path / "ckpt" / "checkpoint.pt"
     IQL(cfg, 4, 1).save(str(path), dataset=SCRIPTED)

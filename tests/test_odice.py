@@ -117,7 +117,7 @@ def test_presets():
     assert agent.optimizers["actor"].param_groups[0]["weight_decay"] == 1e-4
 
 
-TINY = ["--hidden", "32", "32", "--policy-hidden", "32", "32", "--batch-size", "32", "--eval-episodes", "1",
+TINY = ["--dataset", "offrl/invertedpendulum/scripted-v0", "--hidden", "32", "32", "--policy-hidden", "32", "32", "--batch-size", "32", "--eval-episodes", "1",
         "--log-every", "1", "--progress", "False", "--threads", "1"]
 
 
@@ -145,7 +145,7 @@ def test_learns_scripted(use_scripted, tmp_path):
     """Behaviour 12.5, cloning ≈ 28; measured: O-DICE balances for the full 1000 steps from 2000 updates."""
     from offrl.algos import odice
 
-    s = odice.main(["--steps", "2000", "--hidden", "64", "64", "--policy-hidden", "256", "256", "--eval-every", "0",
+    s = odice.main(["--dataset", "offrl/invertedpendulum/scripted-v0", "--steps", "2000", "--hidden", "64", "64", "--policy-hidden", "256", "256", "--eval-every", "0",
                     "--eval-episodes", "5", "--progress", "False", "--run-dir", str(tmp_path / "run")])
     assert s["final_return"] >= 150.0, s
 
@@ -199,7 +199,8 @@ def test_imitation_learns_from_one_expert_trajectory(expert_root, tmp_path):
     """The official IL setting (one expert trajectory, rewards 0): measured 261 after 2000 updates."""
     from offrl.algos import odice
 
-    s = odice.main(["--expert-dataset", "offrl/invertedpendulum/expert-test-v0", "--no-union", "--il-reward", "zero",
+    s = odice.main(["--dataset", "offrl/invertedpendulum/scripted-v0",
+                    "--expert-dataset", "offrl/invertedpendulum/expert-test-v0", "--no-union", "--il-reward", "zero",
                     "--steps", "2000", "--hidden", "64", "64", "--policy-hidden", "256", "256", "--eval-every", "0",
                     "--eval-episodes", "5", "--progress", "False", "--run-dir", str(tmp_path / "run")])
     assert s["final_return"] >= 100.0, s

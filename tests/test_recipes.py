@@ -10,24 +10,9 @@ import pytest
 import torch
 from test_cli import assert_one_line_error, cli_main
 
-from offrl.algos.sac import SAC, Config
 from offrl.data import get_info, is_present, load_dataset, recipes
 
 TINY_SAC = ["--hidden", "32", "32", "--batch-size", "32", "--threads", "1", "--progress", "False"]
-
-
-@pytest.fixture
-def policies(tmp_path, monkeypatch, data_dirs):
-    """Untrained SAC policy files (2×32) for every level of hopper and halfcheetah."""
-    pdir = tmp_path / "policies"
-    for env, env_id in (("hopper", "Hopper-v5"), ("halfcheetah", "HalfCheetah-v5")):
-        for k, level in enumerate(recipes.POLICY_LEVELS):
-            torch.manual_seed(k)
-            agent = SAC(Config(env=env_id, hidden=(32, 32)), *recipes.DIMS[env])
-            agent.save_policy(str(pdir / f"{env}-{level}.pt"),
-                              {"env": env_id, "step": 0, "seed": k, "behaviour_return_mean": float(k)})
-    monkeypatch.setattr(recipes, "POLICY_DIR", pdir)
-    return pdir
 
 
 def _minari(dataset_id):

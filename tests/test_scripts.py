@@ -7,7 +7,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_recipes import policies  # noqa: F401  (fixture: untrained policy files for hopper/halfcheetah)
 
 from offrl.algos.sac import SAC, Config
 from offrl.data import get_info, recipes
@@ -78,7 +77,7 @@ def test_ship_behaviour_policies_needs_an_earlier_snapshot(tmp_path, capsys):
     assert "no earlier snapshot" in str(e.value.code)
 
 
-def test_dataset_card_reads_built_datasets(policies, capsys):  # noqa: F811
+def test_dataset_card_reads_built_datasets(policies, capsys):
     recipes.build(get_info("offrl/hopper/medium-v0"), num_transitions=1500, progress=False)
     rows = {r["id"]: r for r in map(json.loads, run_script("dataset_card.py", ["--json"], capsys))}
     assert len(rows) == 15
@@ -89,7 +88,7 @@ def test_dataset_card_reads_built_datasets(policies, capsys):  # noqa: F811
     assert len(table) == 2 + 15 and "| `offrl/hopper/medium-v0` | 1,500 |" in "\n".join(table)
 
 
-def test_bench_collect(policies, capsys):  # noqa: F811
+def test_bench_collect(policies, capsys):
     (row,) = run_script("bench_collect.py", ["--transitions", "600", "--num-envs", "2", "--envs", "halfcheetah"], capsys)
     r = json.loads(row)
     assert r["transitions_per_s"]["halfcheetah"] > 0 and r["policy"] == {"halfcheetah": "expert"}

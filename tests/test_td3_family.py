@@ -188,7 +188,7 @@ def test_prdc_presets():
 
 
 # ----------------------------------------------------------------------------- runs
-TINY = ["--hidden", "32", "32", "--batch-size", "32", "--eval-episodes", "1", "--log-every", "1", "--progress", "False", "--threads", "1"]
+TINY = ["--dataset", "offrl/invertedpendulum/scripted-v0", "--hidden", "32", "32", "--batch-size", "32", "--eval-episodes", "1", "--log-every", "1", "--progress", "False", "--threads", "1"]
 
 
 @pytest.mark.parametrize("algo", ["td3_bc", "prdc", "a2pr"])
@@ -219,7 +219,7 @@ def test_learns_scripted(algo, threshold, use_scripted, tmp_path):
     import importlib
 
     mod = importlib.import_module(f"offrl.algos.{algo}")
-    s = mod.main(["--steps", "2000", "--hidden", "64", "64", *SMALL.get(algo, []), "--eval-every", "0",
+    s = mod.main(["--dataset", "offrl/invertedpendulum/scripted-v0", "--steps", "2000", "--hidden", "64", "64", *SMALL.get(algo, []), "--eval-every", "0",
                   "--eval-episodes", "5", "--progress", "False", "--run-dir", str(tmp_path / "run")])
     assert s["final_return"] >= threshold, s
 
