@@ -4,6 +4,7 @@
     offrl eval CHECKPOINT [--episodes N] [--video]
     offrl datasets list | info ID | make ID [--force] [--transitions N] [--from-run CKPT]
     offrl bench update --algo iql --device cpu --steps N
+    offrl plot RUN [RUN ...] --metric eval/normalized_score --out curves.svg [--labels ...]
 """
 
 from __future__ import annotations
@@ -159,7 +160,23 @@ def _bench(args: list[str]) -> int:
     return 0
 
 
-COMMANDS = {"train": _train, "eval": _eval, "datasets": _datasets, "bench": _bench}
+def _plot(args: list[str]) -> int:
+    from offrl import plot
+
+    p = argparse.ArgumentParser(prog="offrl plot", description=plot.__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("runs", nargs="+", help="run directories (or their metrics.jsonl)")
+    p.add_argument("--metric", default="eval/return_mean", help="logged metric to draw (default eval/return_mean)")
+    p.add_argument("--out", default="curves.svg", help="SVG file to write (default curves.svg)")
+    p.add_argument("--labels", nargs="+", default=None, help="one label per run; runs sharing a label are averaged")
+    p.add_argument("--title", default=None)
+    p.add_argument("--no-band", action="store_true", help="draw the lines only (no ± std band)")
+    a = p.parse_args(args)
+    print(json.dumps(plot.plot(a.runs, a.out, a.metric, a.labels, a.title, band=not a.no_band)))
+    return 0
+
+
+COMMANDS = {"train": _train, "eval": _eval, "datasets": _datasets, "bench": _bench, "plot": _plot}
 
 
 @cli_errors

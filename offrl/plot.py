@@ -1,0 +1,209 @@
+"""Learning curves from runs' ``metrics.jsonl`` as a self-contained SVG (no plotting dependency).
+
+    offrl plot runs/iql/hopper/seed0 runs/td3_bc/hopper/seed0 --metric eval/normalized_score --out curves.svg
+    offrl plot runs/a/seed0 runs/a/seed1 runs/b/seed0 --labels A A B     # same label: mean ± std over runs
+
+Each run is a run directory (or its ``metrics.jsonl``). A resumed run may log a step twice; the
+last row wins. Runs that share a label are averaged at the steps they all have, with a band of ±
+one standard deviation across them; a single run gets the band of the metric's ``*_std``
+companion when it has one (``eval/return_mean`` → ``eval/return_std``).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import dataclass
+from html import escape
+from pathlib import Path
+
+import numpy as np
+
+from offrl.errors import OffrlError
+
+PALETTE = ["#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf"]
+WIDTH, HEIGHT = 760, 440
+LEFT, RIGHT, TOP, BOTTOM = 78, 24, 44, 58
+
+
+@dataclass
+class Curve:
+    label: str
+    steps: np.ndarray
+    values: np.ndarray
+    band: np.ndarray | None = None  # ± half-width at each step
+    runs: int = 1
+
+
+def metrics_file(run: str | os.PathLike) -> Path:
+    path = Path(run)
+    if path.is_dir():
+        path = path / "metrics.jsonl"
+    if not path.is_file():
+        raise OffrlError(f"{run}: no metrics.jsonl found (expected a run directory or its metrics.jsonl)")
+    return path
+
+
+def read_metric(run: str | os.PathLike, metric: str) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """(steps, values, std or None) of ``metric`` in one run; the last row of a step wins."""
+    path = metrics_file(run)
+    std_key = metric[:-5] + "_std" if metric.endswith("_mean") else None
+    values: dict[int, float] = {}
+    stds: dict[int, float] = {}
+    seen: set[str] = set()
+    with open(path) as f:
+        for n, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                raise OffrlError(f"{path}:{n} is not a JSON line (damaged metrics file)") from None
+            seen.update(row)
+            if metric in row and row[metric] is not None and "step" in row:
+                values[int(row["step"])] = float(row[metric])
+                if std_key and row.get(std_key) is not None:
+                    stds[int(row["step"])] = float(row[std_key])
+    if not values:
+        from offrl.errors import suggest
+
+        known = sorted(seen - {"step"})
+        raise OffrlError(f"{path} has no '{metric}' values" + suggest(metric, known)
+                         + (f" (it logs: {', '.join(known[:12])}{' …' if len(known) > 12 else ''})" if known else ""))
+    steps = np.array(sorted(values))
+    vals = np.array([values[s] for s in steps])
+    std = np.array([stds[s] for s in steps]) if std_key and all(s in stds for s in steps) else None
+    return steps, vals, std
+
+
+def curves(runs: list[str], metric: str, labels: list[str] | None = None, band: bool = True) -> list[Curve]:
+    """One curve per distinct label (default: each run's directory name)."""
+    if labels is not None and len(labels) != len(runs):
+        raise OffrlError(f"--labels needs one label per run: {len(runs)} runs, {len(labels)} labels")
+    if labels is None:
+        labels = [_run_name(r) for r in runs]
+    groups: dict[str, list] = {}
+    for run, label in zip(runs, labels):
+        groups.setdefault(label, []).append(read_metric(run, metric))
+    out = []
+    for label, items in groups.items():
+        if len(items) == 1:
+            steps, vals, std = items[0]
+            out.append(Curve(label, steps, vals, std if band else None))
+            continue
+        common = sorted(set.intersection(*(set(s.tolist()) for s, _, _ in items)))
+        if not common:
+            raise OffrlError(f"the runs labelled '{label}' share no logged step of {metric}")
+        stack = np.stack([v[np.searchsorted(s, common)] for s, v, _ in items])
+        out.append(Curve(label, np.array(common), stack.mean(0), stack.std(0) if band else None, runs=len(items)))
+    return out
+
+
+def _run_name(run: str) -> str:
+    path = Path(run)
+    if path.name == "metrics.jsonl":
+        path = path.parent
+    return path.name or str(run)
+
+
+def nice_ticks(lo: float, hi: float, n: int = 5) -> list[float]:
+    """About ``n`` round tick values covering [lo, hi]."""
+    if not math.isfinite(lo) or not math.isfinite(hi):
+        return [0.0]
+    if hi <= lo:
+        lo, hi = lo - 1.0, hi + 1.0
+    raw = (hi - lo) / max(n, 1)
+    mag = 10 ** math.floor(math.log10(raw))
+    step = next(m * mag for m in (1, 2, 2.5, 5, 10) if m * mag >= raw)
+    first = math.floor(lo / step) * step
+    ticks, t = [], first
+    while t <= hi + step * 1e-9:
+        ticks.append(round(t, 12))
+        t += step
+    if ticks[-1] < hi:
+        ticks.append(ticks[-1] + step)
+    return ticks
+
+
+def _fmt(x: float) -> str:
+    ax = abs(x)
+    if ax >= 1e6:
+        return f"{x / 1e6:g}M"
+    if ax >= 1e4:
+        return f"{x / 1e3:g}k"
+    return f"{x:g}"
+
+
+def render_svg(items: list[Curve], metric: str, title: str | None = None) -> str:
+    """The curves as an SVG document (axes, ticks, bands, lines, legend)."""
+    xs = np.concatenate([c.steps for c in items]).astype(float)
+    lows = [c.values - (c.band if c.band is not None else 0) for c in items]
+    highs = [c.values + (c.band if c.band is not None else 0) for c in items]
+    xt = nice_ticks(float(xs.min()), float(xs.max()))
+    yt = nice_ticks(float(np.min(np.concatenate(lows))), float(np.max(np.concatenate(highs))))
+    x0, x1, y0, y1 = xt[0], xt[-1], yt[0], yt[-1]
+    pw, ph = WIDTH - LEFT - RIGHT, HEIGHT - TOP - BOTTOM
+
+    def px(x):
+        return LEFT + (x - x0) / ((x1 - x0) or 1.0) * pw
+
+    def py(y):
+        return TOP + ph - (y - y0) / ((y1 - y0) or 1.0) * ph
+
+    out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{WIDTH}" height="{HEIGHT}" viewBox="0 0 {WIDTH} {HEIGHT}" '
+           'font-family="Helvetica, Arial, sans-serif" font-size="12">',
+           f'<rect width="{WIDTH}" height="{HEIGHT}" fill="white"/>']
+    if title:
+        out.append(f'<text x="{WIDTH / 2:.1f}" y="24" text-anchor="middle" font-size="15">{escape(title)}</text>')
+    for t in yt:
+        out.append(f'<line x1="{LEFT}" x2="{LEFT + pw}" y1="{py(t):.1f}" y2="{py(t):.1f}" stroke="#e5e5e5"/>')
+        out.append(f'<text x="{LEFT - 6}" y="{py(t) + 4:.1f}" text-anchor="end">{_fmt(t)}</text>')
+    for t in xt:
+        out.append(f'<line x1="{px(t):.1f}" x2="{px(t):.1f}" y1="{TOP}" y2="{TOP + ph}" stroke="#f0f0f0"/>')
+        out.append(f'<text x="{px(t):.1f}" y="{TOP + ph + 18}" text-anchor="middle">{_fmt(t)}</text>')
+    out.append(f'<rect x="{LEFT}" y="{TOP}" width="{pw}" height="{ph}" fill="none" stroke="#333"/>')
+    out.append(f'<text x="{LEFT + pw / 2:.1f}" y="{HEIGHT - 14}" text-anchor="middle">step</text>')
+    out.append(f'<text x="16" y="{TOP + ph / 2:.1f}" text-anchor="middle" transform="rotate(-90 16 {TOP + ph / 2:.1f})">'
+               f'{escape(metric)}</text>')
+    legend = []
+    for i, c in enumerate(items):
+        color = PALETTE[i % len(PALETTE)]
+        if c.band is not None:
+            upper = [f"{px(x):.1f},{py(y):.1f}" for x, y in zip(c.steps, c.values + c.band)]
+            lower = [f"{px(x):.1f},{py(y):.1f}" for x, y in zip(c.steps[::-1], (c.values - c.band)[::-1])]
+            out.append(f'<polygon class="band" points="{" ".join(upper + lower)}" fill="{color}" fill-opacity="0.15" stroke="none"/>')
+        pts = " ".join(f"{px(x):.1f},{py(y):.1f}" for x, y in zip(c.steps, c.values))
+        out.append(f'<polyline class="curve" data-label="{escape(c.label)}" points="{pts}" fill="none" stroke="{color}" '
+                   'stroke-width="2"/>')
+        ly = TOP + 18 + 18 * i
+        name = c.label + (f" (mean ± std of {c.runs} runs)" if c.runs > 1 else "")
+        legend.append(f'<line x1="{LEFT + 12}" x2="{LEFT + 32}" y1="{ly - 4}" y2="{ly - 4}" stroke="{color}" stroke-width="3"/>')
+        legend.append(f'<text x="{LEFT + 38}" y="{ly}">{escape(name)}</text>')
+    width = 50 + 7 * max(len(c.label) + (24 if c.runs > 1 else 0) for c in items)
+    out.append(f'<rect x="{LEFT + 4}" y="{TOP + 4}" width="{width}" height="{18 * len(items) + 8}" fill="white" '
+               'fill-opacity="0.85" stroke="#ccc"/>')
+    out += legend
+    out.append("</svg>")
+    return "\n".join(out) + "\n"
+
+
+def plot(runs: list[str], out: str, metric: str = "eval/return_mean", labels: list[str] | None = None,
+         title: str | None = None, band: bool = True) -> dict:
+    """Write the SVG to ``out`` (atomically); returns a summary of what was drawn."""
+    if not out.endswith(".svg"):
+        raise OffrlError(f"--out must be an .svg file, got {out}")
+    items = curves(runs, metric, labels, band)
+    svg = render_svg(items, metric, title)
+    folder = os.path.dirname(os.path.abspath(out))
+    try:
+        os.makedirs(folder, exist_ok=True)
+        tmp = out + ".tmp"
+        with open(tmp, "w") as f:
+            f.write(svg)
+        os.replace(tmp, out)
+    except OSError as e:
+        raise OffrlError(f"cannot write {out}: {e.strerror or e}") from None
+    return {"out": out, "metric": metric, "curves": [
+        {"label": c.label, "runs": c.runs, "points": len(c.steps), "last_step": int(c.steps[-1]),
+         "last": float(c.values[-1]), "best": float(c.values.max())} for c in items]}
