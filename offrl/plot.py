@@ -78,7 +78,8 @@ def read_metric(run: str | os.PathLike, metric: str) -> tuple[np.ndarray, np.nda
 
 
 def curves(runs: list[str], metric: str, labels: list[str] | None = None, band: bool = True) -> list[Curve]:
-    """One curve per distinct label (default: each run's directory name)."""
+    """One curve per distinct label (default: each run's directory name, with algorithm and dataset
+    for the default ``runs/<algo>/<dataset>/seed<N>-<time>`` layout)."""
     if labels is not None and len(labels) != len(runs):
         raise OffrlError(f"--labels needs one label per run: {len(runs)} runs, {len(labels)} labels")
     if labels is None:
@@ -104,6 +105,8 @@ def _run_name(run: str) -> str:
     path = Path(run)
     if path.name == "metrics.jsonl":
         path = path.parent
+    if path.name.startswith("seed") and len(path.parts) >= 3:  # runs/<algo>/<dataset>/seed0-<time>
+        return "/".join(path.parts[-3:])
     return path.name or str(run)
 
 
