@@ -117,3 +117,29 @@ def test_cdsa_sweep(use_scripted, tmp_path, capsys):
                        capsys)
     rows = [json.loads(x) for x in lines]
     assert len(rows) == 2 and all("base" in json.dumps(r) for r in rows)
+
+
+def test_ship_random_fallback_is_the_runs_initial_actor(tmp_path, capsys):
+    """A run without a step-0 snapshot: the random policy is rebuilt from the run's config and seed,
+    and must equal the actor the run started from."""
+    from offrl.algos import sac
+
+    run = tmp_path / "run"
+    sac.main(["--env", "Hopper-v5", "--total-steps", "300", "--learning-starts", "100", "--eval-every", "100",
+              "--eval-episodes", "1", "--snapshots", "--seed", "7", "--run-dir", str(run), "--hidden", "32", "32",
+              "--batch-size", "16", "--progress", "False"])
+    capsys.readouterr()
+    initial = torch.load(run / "snapshots" / "step00000000.pt", weights_only=True)
+    (run / "snapshots" / "step00000000.pt").unlink()
+    for step, ret in ((100, 10.0), (200, 50.0), (300, 30.0)):  # make step 200 the expert, step 100 the medium
+        path = run / "snapshots" / f"step{step:08d}.pt"
+        ck = torch.load(path, weights_only=True)
+        ck["policy"]["return_mean"] = ret
+        torch.save(ck, path)
+    out = tmp_path / "policies"
+    rows = {r["level"]: r for r in map(json.loads, run_script(
+        "ship_behaviour_policies.py", ["--env", "hopper", "--run", str(run), "--episodes", "1", "--out", str(out)], capsys))}
+    assert (rows["random"]["step"], rows["medium"]["step"], rows["expert"]["step"]) == (0, 100, 200)
+    shipped = torch.load(out / "hopper-random.pt", weights_only=True)
+    assert shipped["agent"].keys() == initial["agent"].keys()
+    assert all(torch.equal(v, shipped["agent"][k]) for k, v in initial["agent"].items())
