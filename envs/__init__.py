@@ -48,6 +48,33 @@ def reference_scores(env_id: str) -> tuple[float | None, float | None]:
     return _REF_SCORES.get(env_id.split("-")[0], (None, None))
 
 
+# MuJoCo compiler warnings about Gymnasium's own model files that a user can do nothing about
+# (MuJoCo >= 3.3 deprecates HalfCheetah's settotalmass). Anything else is passed on.
+_HARMLESS_MUJOCO_WARNINGS = ("compiler attribute 'settotalmass' is deprecated",)
+
+
+def gym_make(env_id: str, **kwargs) -> gym.Env:
+    """``gym.make`` with MuJoCo's known-harmless model-compiler warnings dropped (MuJoCo would
+    print them and write MUJOCO_LOG.TXT into the working directory); other MuJoCo warnings become
+    Python ``RuntimeWarning``s."""
+    try:
+        import mujoco
+    except ImportError:  # not a MuJoCo env stack
+        return gym.make(env_id, **kwargs)
+    import warnings
+
+    def handler(message: str) -> None:
+        if not message.startswith(_HARMLESS_MUJOCO_WARNINGS):
+            warnings.warn(f"MuJoCo: {message}", RuntimeWarning, stacklevel=2)
+
+    previous = mujoco.get_mju_user_warning()
+    mujoco.set_mju_user_warning(handler)
+    try:
+        return gym.make(env_id, **kwargs)
+    finally:
+        mujoco.set_mju_user_warning(previous)
+
+
 def _check_env_id(env_id: str) -> None:
     if env_id not in gym.registry:
         raise OffrlError(f"unknown environment '{env_id}'" + suggest(env_id, gym.registry.keys()))
@@ -70,7 +97,7 @@ def make_env(env_id: str, seed: int | None = None, **kwargs) -> gym.Env:
     already are ±1), so every offrl agent and dataset works in the unit action box.
     """
     _check_env_id(env_id)
-    env = _unit_actions(gym.make(env_id, **kwargs))
+    env = _unit_actions(gym_make(env_id, **kwargs))
     if seed is not None:
         env.reset(seed=seed)
         env.action_space.seed(seed)

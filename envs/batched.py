@@ -19,9 +19,9 @@ from __future__ import annotations
 import os
 from concurrent.futures import ThreadPoolExecutor
 
-import gymnasium as gym
 import numpy as np
 
+from offrl.envs import gym_make
 from offrl.errors import OffrlError
 
 SUPPORTED = ("Hopper-v5", "Walker2d-v5", "HalfCheetah-v5")
@@ -39,7 +39,7 @@ class BatchedLocomotion:
         if num_envs < 1:
             raise OffrlError(f"num_envs must be positive, got {num_envs}")
         self._mj = mujoco
-        env = gym.make(env_id, **env_kwargs)
+        env = gym_make(env_id, **env_kwargs)
         u = env.unwrapped
         if not u._exclude_current_positions_from_observation:
             raise OffrlError("batched stepping needs exclude_current_positions_from_observation=True")

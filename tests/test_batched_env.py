@@ -37,3 +37,19 @@ def test_rejects_bad_input():
     venv = BatchedLocomotion("Hopper-v5", 2, threads=1)
     with pytest.raises(OffrlError, match="shape"):
         venv.step(np.zeros((2, 5), np.float32))
+
+
+def test_halfcheetah_model_warning_is_not_printed_or_logged(tmp_path, monkeypatch, capfd):
+    """Gymnasium's half_cheetah.xml uses MuJoCo's deprecated settotalmass: offrl drops that one
+    warning (no stderr line, no MUJOCO_LOG.TXT in the working directory) and restores the handler."""
+    import mujoco
+
+    from offrl.envs import make_env
+
+    monkeypatch.chdir(tmp_path)
+    before = mujoco.get_mju_user_warning()
+    make_env("HalfCheetah-v5").close()
+    BatchedLocomotion("HalfCheetah-v5", 2).close()
+    assert "settotalmass" not in capfd.readouterr().err
+    assert not (tmp_path / "MUJOCO_LOG.TXT").exists()
+    assert mujoco.get_mju_user_warning() is before
