@@ -38,6 +38,16 @@ def json_safe(value):
     return value
 
 
+class TrainingInterrupted(KeyboardInterrupt):
+    """A training run stopped by SIGINT (Ctrl-C) or SIGTERM after saving a checkpoint at the step it
+    reached; ``--resume`` continues it exactly. Entry points exit 130 (SIGINT) or 143 (SIGTERM)."""
+
+    def __init__(self, step: int, checkpoint: str, signal_name: str, exit_code: int):
+        self.step, self.checkpoint, self.signal_name, self.exit_code = step, checkpoint, signal_name, exit_code
+        super().__init__(f"{signal_name} at step {step}: checkpoint saved to {checkpoint}; "
+                         f"continue with --resume {checkpoint}")
+
+
 def check(cond: bool, message: str) -> None:
     """Raise :class:`OffrlError` with ``message`` unless ``cond`` holds."""
     if not cond:
@@ -57,6 +67,9 @@ def cli_errors(fn: Callable[..., T]) -> Callable[..., T]:
         except BrokenPipeError:  # output piped into `head` and closed early
             sys.stderr.close()
             raise SystemExit(0) from None
+        except TrainingInterrupted as e:
+            print(f"offrl: stopped by {e}", file=sys.stderr)
+            raise SystemExit(e.exit_code) from None
         except KeyboardInterrupt:
             print("offrl: interrupted", file=sys.stderr)
             raise SystemExit(130) from None

@@ -22,7 +22,7 @@ from offrl.agent import Agent, config_to_dict
 from offrl.config import RunConfig, open_resume
 from offrl.errors import OffrlError, check, json_safe
 from offrl.logger import Logger, MetricAccumulator
-from offrl.utils import resolve_device, rng_state, set_rng_state, set_seed
+from offrl.utils import StopSignals, resolve_device, rng_state, set_rng_state, set_seed
 
 
 @dataclass
@@ -151,7 +151,8 @@ class Collector:
     def state_dict(self) -> dict:
         return {"envs": [env_state(e) for e in self.venv.envs], "obs": torch.from_numpy(np.asarray(self.obs)),
                 "ep_return": torch.from_numpy(self.ep_return), "ep_length": torch.from_numpy(self.ep_length),
-                "action_space_rng": json.dumps(self.venv.action_space.np_random.bit_generator.state)}
+                "action_space_rng": json.dumps(self.venv.action_space.np_random.bit_generator.state),
+                "finished": json.dumps(self.finished)}  # episodes ended since the last log row
 
     def load_state_dict(self, state: dict) -> None:
         for e, s in zip(self.venv.envs, state["envs"]):
@@ -160,6 +161,7 @@ class Collector:
         self.ep_return = state["ep_return"].numpy().copy()
         self.ep_length = state["ep_length"].numpy().copy()
         self.venv.action_space.np_random.bit_generator.state = json.loads(state["action_space_rng"])
+        self.finished = [tuple(f) for f in json.loads(state.get("finished", "[]"))]  # older checkpoints: none
 
     def close(self) -> None:
         self.venv.close()
@@ -290,43 +292,47 @@ def run_online(cfg: OnlineConfig, agent_cls: type[Agent]) -> dict:
     if cfg.snapshots and step == 0:  # the initial (random) policy
         agent.save_policy(os.path.join(run_dir, "snapshots", "step00000000.pt"), {"env": cfg.env, "step": 0, "seed": cfg.seed})
     try:
-        while step < cfg.total_steps:
-            logp = None
-            if step < cfg.learning_starts:
-                actions = collector.venv.action_space.sample()
-                logp = np.full(cfg.num_envs, uniform_logp, np.float32)
-            elif recorder is not None:
-                actions, logp = agent.explore(collector.obs, with_log_prob=True)
-            else:
-                actions = agent.explore(collector.obs)
-            collector.step(actions, buffer, recorder, logp)
-            prev, step = step, step + cfg.num_envs
-            if step >= cfg.learning_starts:
-                target = int((step - cfg.learning_starts) * cfg.updates_per_step)
-                while updates < target:
-                    acc.add(update(buffer.sample(cfg.batch_size)))
-                    updates += 1
+        with StopSignals() as stop:
+            while step < cfg.total_steps:
+                logp = None
+                if step < cfg.learning_starts:
+                    actions = collector.venv.action_space.sample()
+                    logp = np.full(cfg.num_envs, uniform_logp, np.float32)
+                elif recorder is not None:
+                    actions, logp = agent.explore(collector.obs, with_log_prob=True)
+                else:
+                    actions = agent.explore(collector.obs)
+                collector.step(actions, buffer, recorder, logp)
+                prev, step = step, step + cfg.num_envs
+                if step >= cfg.learning_starts:
+                    target = int((step - cfg.learning_starts) * cfg.updates_per_step)
+                    while updates < target:
+                        acc.add(update(buffer.sample(cfg.batch_size)))
+                        updates += 1
 
-            if _crossed(prev, step, cfg.log_every) or step >= cfg.total_steps:
-                logger.log(step, acc.pop(), prefix="train/")
-                logger.log(step, collector.pop_finished(), prefix="rollout/")
-                now = time.time()
-                logger.log(step, {"updates": updates, "sps": (step - clock[1]) / max(now - clock[0], 1e-9)}, prefix="time/")
-                clock[:] = [now, step]
-                logger.advance(step)
-            if _crossed(prev, step, cfg.eval_every) or step >= cfg.total_steps:
-                res = evaluate(agent.act, cfg.env, cfg.eval_episodes, seed=cfg.seed + 10_000,
-                               ref_min_score=ref_min, ref_max_score=ref_max)
-                last_eval = {k: v for k, v in res.items() if not isinstance(v, list)}
-                logger.log(step, last_eval, prefix="eval/")
-                key = last_eval["return_mean"]
-                best = key if best is None or key > best else best
-                if cfg.snapshots:
-                    agent.save_policy(os.path.join(run_dir, "snapshots", f"step{step:08d}.pt"),
-                                      {"env": cfg.env, "step": step, "seed": cfg.seed, **last_eval})
-            if _crossed(prev, step, cfg.checkpoint_every) or step >= cfg.total_steps:
-                save()
-                logger.flush()
+                if _crossed(prev, step, cfg.log_every) or step >= cfg.total_steps:
+                    logger.log(step, acc.pop(), prefix="train/")
+                    logger.log(step, collector.pop_finished(), prefix="rollout/")
+                    now = time.time()
+                    logger.log(step, {"updates": updates, "sps": (step - clock[1]) / max(now - clock[0], 1e-9)}, prefix="time/")
+                    clock[:] = [now, step]
+                    logger.advance(step)
+                if _crossed(prev, step, cfg.eval_every) or step >= cfg.total_steps:
+                    res = evaluate(agent.act, cfg.env, cfg.eval_episodes, seed=cfg.seed + 10_000,
+                                   ref_min_score=ref_min, ref_max_score=ref_max)
+                    last_eval = {k: v for k, v in res.items() if not isinstance(v, list)}
+                    logger.log(step, last_eval, prefix="eval/")
+                    key = last_eval["return_mean"]
+                    best = key if best is None or key > best else best
+                    if cfg.snapshots:
+                        agent.save_policy(os.path.join(run_dir, "snapshots", f"step{step:08d}.pt"),
+                                          {"env": cfg.env, "step": step, "seed": cfg.seed, **last_eval})
+                if (stop.save_now() or _crossed(prev, step, cfg.checkpoint_every) or step >= cfg.total_steps
+                        or stop.requested):
+                    save()
+                    logger.flush()
+                if stop.requested and step < cfg.total_steps:
+                    raise stop.interrupted(step, ckpt_path)
     finally:
         logger.close()
         collector.close()

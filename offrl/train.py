@@ -20,7 +20,7 @@ from offrl.agent import Agent, config_to_dict
 from offrl.config import RunConfig, open_resume
 from offrl.errors import OffrlError, check, json_safe
 from offrl.logger import Logger, MetricAccumulator
-from offrl.utils import resolve_device, rng_state, set_rng_state, set_seed
+from offrl.utils import StopSignals, resolve_device, rng_state, set_rng_state, set_seed
 
 DEFAULT_DATASET = "offrl/invertedpendulum/scripted-v0"
 
@@ -167,17 +167,20 @@ def run_offline(
     t_start = time.time()
     agent.train()
     try:
-        for step in range(start + 1, cfg.steps + 1):
-            metrics = update(buffer.sample(cfg.batch_size))
-            acc.add(metrics)
-            if step % cfg.log_every == 0 or step == cfg.steps:
-                logger.log(step, acc.pop(), prefix="train/")
-                logger.advance(step)
-            if env_id is not None and ((cfg.eval_every and step % cfg.eval_every == 0) or step == cfg.steps):
-                last_eval = do_eval(step)
-            if step % cfg.checkpoint_every == 0 or step == cfg.steps:
-                save(step)
-                logger.flush()
+        with StopSignals() as stop:
+            for step in range(start + 1, cfg.steps + 1):
+                metrics = update(buffer.sample(cfg.batch_size))
+                acc.add(metrics)
+                if step % cfg.log_every == 0 or step == cfg.steps:
+                    logger.log(step, acc.pop(), prefix="train/")
+                    logger.advance(step)
+                if env_id is not None and ((cfg.eval_every and step % cfg.eval_every == 0) or step == cfg.steps):
+                    last_eval = do_eval(step)
+                if stop.save_now() or step % cfg.checkpoint_every == 0 or step == cfg.steps or stop.requested:
+                    save(step)
+                    logger.flush()
+                if stop.requested and step < cfg.steps:
+                    raise stop.interrupted(step, ckpt_path)
     finally:
         logger.close()
     summary = {

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import random
+import signal
+import threading
 
 import numpy as np
 import torch
@@ -64,3 +66,61 @@ def atomic_write_bytes(path: str, data: bytes) -> None:
     with open(tmp, "wb") as f:
         f.write(data)
     os.replace(tmp, path)
+
+
+class StopSignals:
+    """Turn SIGINT / SIGTERM into a request that a training loop honours at its next step boundary
+    (save a checkpoint, then raise :class:`~offrl.errors.TrainingInterrupted`) instead of dying
+    mid-update; SIGUSR1 asks for a checkpoint and training goes on. A second SIGINT interrupts at
+    once. Handlers are installed only in the main thread and restored on exit.
+
+        with StopSignals() as stop:
+            for step in ...:
+                ...
+                if stop.save_now():   # SIGUSR1 since the last call
+                    save()
+                if stop.requested:
+                    save(); raise stop.interrupted(step, path)
+    """
+
+    HANDLED = ("SIGINT", "SIGTERM", "SIGUSR1")
+
+    def __init__(self):
+        self.signum: int | None = None
+        self._save = False
+        self._previous: dict[int, object] = {}
+
+    @property
+    def requested(self) -> bool:
+        return self.signum is not None
+
+    def save_now(self) -> bool:
+        flag, self._save = self._save, False
+        return flag
+
+    def _handle(self, signum, frame) -> None:
+        if signum == getattr(signal, "SIGUSR1", None):
+            self._save = True
+            return
+        if self.signum == signal.SIGINT and signum == signal.SIGINT:  # second Ctrl-C: stop now
+            raise KeyboardInterrupt
+        self.signum = signum
+
+    def interrupted(self, step: int, checkpoint: str):
+        from offrl.errors import TrainingInterrupted
+
+        name = signal.Signals(self.signum).name
+        return TrainingInterrupted(step, checkpoint, name, 128 + int(self.signum))
+
+    def __enter__(self) -> "StopSignals":
+        if threading.current_thread() is threading.main_thread():
+            for name in self.HANDLED:
+                sig = getattr(signal, name, None)
+                if sig is not None:
+                    self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        self._previous.clear()
