@@ -6,7 +6,9 @@ policy files that ship inside the package (offrl/data/policies/<env>-<level>.pt)
 A run must have been trained with ``--snapshots`` (one policy file per evaluation, with its
 deterministic evaluation return). Following D4RL:
 
-* expert — the snapshot with the highest evaluation return;
+* expert — among the ``--candidates`` snapshots with the highest (deterministic, 10-episode)
+  evaluation returns, the one whose *stochastic* policy returns most over ``--episodes`` episodes
+  (the datasets sample actions, and the single best evaluation is a noisy maximum);
 * medium — among earlier snapshots, the one whose evaluation return is closest to 1/3 of the expert's;
 * random — the run's initial policy (step 0 snapshot), or a SAC actor initialised with the run's
   seed when the run predates step-0 snapshots.
@@ -47,6 +49,8 @@ def main(argv=None) -> int:
     p.add_argument("--episodes", type=int, default=50, help="episodes for the stochastic-return measurement")
     p.add_argument("--out", default=str(recipes.POLICY_DIR))
     p.add_argument("--upto", type=int, default=None, help="only consider snapshots up to this env step")
+    p.add_argument("--candidates", type=int, default=3,
+                   help="expert: re-measure this many best-evaluated snapshots stochastically and keep the best")
     a = p.parse_args(argv)
     env_id = recipes.ENVS[a.env]
     snaps = []
@@ -61,7 +65,14 @@ def main(argv=None) -> int:
     scored = [s for s in snaps if s[1] is not None]
     if not scored:
         sys.exit(f"no evaluated snapshots under {a.run}/snapshots")
-    expert = max(scored, key=lambda s: s[1])
+    if a.candidates < 1:
+        sys.exit(f"--candidates must be positive, got {a.candidates}")
+    measured = {}  # step -> (mean, std) of the stochastic policy
+    top = sorted(scored, key=lambda s: -s[1])[:a.candidates]
+    for step, _, _, ck in top:
+        measured[step] = stochastic_return(SAC.from_checkpoint(ck, device="cpu"), env_id, a.episodes, seed=20_000)
+    expert = max(top, key=lambda s: measured[s[0]][0])
+    candidates = [{"step": s[0], "eval_return_mean": s[1], "stochastic_return_mean": measured[s[0]][0]} for s in top]
     target = expert[1] / 3.0
     earlier = [s for s in scored if s[0] < expert[0]]
     if not earlier:
@@ -79,8 +90,10 @@ def main(argv=None) -> int:
     os.makedirs(a.out, exist_ok=True)
     for level, (step, ret, path, ck) in (("random", random), ("medium", medium), ("expert", expert)):
         agent = SAC.from_checkpoint(ck, device="cpu")
-        mean, std = stochastic_return(agent, env_id, a.episodes, seed=20_000)
+        mean, std = measured[step] if level == "expert" else stochastic_return(agent, env_id, a.episodes, seed=20_000)
         info = dict(ck["policy"])
+        if level == "expert":
+            info["expert_candidates"] = candidates
         info.update(level=level, behaviour_return_mean=mean, behaviour_return_std=std, behaviour_episodes=a.episodes,
                     eval_return_mean=ret, run=os.path.basename(os.path.normpath(a.run)), source=os.path.basename(path),
                     expert_eval_return=expert[1], torch=str(torch.__version__),

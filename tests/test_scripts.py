@@ -49,7 +49,7 @@ def test_ship_behaviour_policies_picks_expert_and_medium(tmp_path, capsys):
         _snapshot(run, step, ret)
     out = tmp_path / "policies"
     lines = run_script("ship_behaviour_policies.py", ["--env", "hopper", "--run", str(run), "--episodes", "2",
-                                                      "--out", str(out)], capsys)
+                                                      "--out", str(out), "--candidates", "1"], capsys)
     rows = {r["level"]: r for r in map(json.loads, lines)}
     # expert = best evaluation (step 30); medium = the earlier snapshot closest to 1200 / 3 (step 20, not 50)
     assert (rows["random"]["step"], rows["medium"]["step"], rows["expert"]["step"]) == (0, 20, 30)
@@ -64,11 +64,27 @@ def test_ship_behaviour_policies_picks_expert_and_medium(tmp_path, capsys):
         assert info["step"] == rows[level]["step"]
 
 
+def test_ship_expert_is_the_best_stochastic_candidate(tmp_path, capsys):
+    run = tmp_path / "run"
+    for step, ret in ((0, None), (10, 100.0), (20, 380.0), (30, 1200.0), (40, 900.0), (50, 420.0)):
+        _snapshot(run, step, ret)
+    out = tmp_path / "policies"
+    run_script("ship_behaviour_policies.py", ["--env", "hopper", "--run", str(run), "--episodes", "2", "--out", str(out),
+                                              "--candidates", "3"], capsys)
+    info = torch.load(out / "hopper-expert.pt", weights_only=True)["policy"]
+    cands = info["expert_candidates"]
+    assert [c["step"] for c in cands] == [30, 40, 50]  # the three best evaluations, best first
+    best = max(cands, key=lambda c: c["stochastic_return_mean"])
+    assert info["step"] == best["step"] and info["behaviour_return_mean"] == best["stochastic_return_mean"]
+    medium = torch.load(out / "hopper-medium.pt", weights_only=True)["policy"]
+    assert medium["step"] < info["step"]
+
+
 def test_ship_behaviour_policies_needs_an_earlier_snapshot(tmp_path, capsys):
     run = tmp_path / "run"
     _snapshot(run, 10, 500.0)
     _snapshot(run, 20, 100.0)
-    sys.argv, old = ["ship", "--env", "hopper", "--run", str(run), "--out", str(tmp_path / "p")], sys.argv
+    sys.argv, old = ["ship", "--env", "hopper", "--run", str(run), "--out", str(tmp_path / "p"), "--candidates", "1"], sys.argv
     try:
         with pytest.raises(SystemExit) as e:
             runpy.run_path(str(SCRIPTS / "ship_behaviour_policies.py"), run_name="__main__")
@@ -138,7 +154,7 @@ def test_ship_random_fallback_is_the_runs_initial_actor(tmp_path, capsys):
         torch.save(ck, path)
     out = tmp_path / "policies"
     rows = {r["level"]: r for r in map(json.loads, run_script(
-        "ship_behaviour_policies.py", ["--env", "hopper", "--run", str(run), "--episodes", "1", "--out", str(out)], capsys))}
+        "ship_behaviour_policies.py", ["--env", "hopper", "--run", str(run), "--episodes", "1", "--out", str(out), "--candidates", "1"], capsys))}
     assert (rows["random"]["step"], rows["medium"]["step"], rows["expert"]["step"]) == (0, 100, 200)
     shipped = torch.load(out / "hopper-random.pt", weights_only=True)
     assert shipped["agent"].keys() == initial["agent"].keys()
