@@ -84,7 +84,8 @@ def test_ship_behaviour_policies_needs_an_earlier_snapshot(tmp_path, capsys):
     run = tmp_path / "run"
     _snapshot(run, 10, 500.0)
     _snapshot(run, 20, 100.0)
-    sys.argv, old = ["ship", "--env", "hopper", "--run", str(run), "--out", str(tmp_path / "p"), "--candidates", "1"], sys.argv
+    sys.argv, old = ["ship", "--env", "hopper", "--run", str(run), "--out", str(tmp_path / "p"), "--candidates", "1",
+                     "--episodes", "1"], sys.argv
     try:
         with pytest.raises(SystemExit) as e:
             runpy.run_path(str(SCRIPTS / "ship_behaviour_policies.py"), run_name="__main__")
