@@ -42,6 +42,22 @@ def stochastic_return(agent, env_id: str, episodes: int, seed: int) -> tuple[flo
     return float(res["return_mean"]), float(res["return_std"])
 
 
+def write_index(out_dir: str) -> str:
+    """``policies.json`` next to the policy files: how each shipped policy was made, for humans."""
+    index = {}
+    for path in sorted(glob.glob(os.path.join(out_dir, "*-*.pt"))):
+        info = load_checkpoint(path)["policy"]
+        keep = ("env", "level", "step", "seed", "eval_return_mean", "behaviour_return_mean", "behaviour_return_std",
+                "behaviour_episodes", "run", "source", "torch", "note")
+        index[os.path.basename(path)] = {k: info.get(k) for k in keep}
+    dst = os.path.join(out_dir, "policies.json")
+    with open(dst + ".tmp", "w") as f:
+        json.dump(index, f, indent=2)
+        f.write("\n")
+    os.replace(dst + ".tmp", dst)
+    return dst
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--env", required=True, choices=sorted(recipes.ENVS))
@@ -101,6 +117,7 @@ def main(argv=None) -> int:
         out = os.path.join(a.out, f"{a.env}-{level}.pt")
         agent.save_policy(out, info)
         print(json.dumps({"file": out, **{k: v for k, v in info.items() if isinstance(v, (int, float, str)) or v is None}}))
+    write_index(a.out)
     return 0
 
 

@@ -62,6 +62,9 @@ def test_ship_behaviour_policies_picks_expert_and_medium(tmp_path, capsys):
         assert all(torch.equal(v, ck["agent"][k]) for k, v in src["agent"].items())
         agent, info = recipes.load_behaviour("hopper", level, path=out / f"hopper-{level}.pt")
         assert info["step"] == rows[level]["step"]
+    index = json.loads((out / "policies.json").read_text())
+    assert sorted(index) == ["hopper-expert.pt", "hopper-medium.pt", "hopper-random.pt"]
+    assert index["hopper-medium.pt"]["step"] == 20 and index["hopper-expert.pt"]["eval_return_mean"] == 1200.0
 
 
 def test_ship_expert_is_the_best_stochastic_candidate(tmp_path, capsys):
