@@ -22,7 +22,7 @@ from offrl.errors import OffrlError, check, json_safe
 from offrl.logger import Logger, MetricAccumulator
 from offrl.utils import StopSignals, resolve_device, rng_state, set_rng_state, set_seed
 
-DEFAULT_DATASET = "offrl/invertedpendulum/scripted-v0"
+DEFAULT_DATASET = "offrl/hopper/medium-v0"  # built on first use from the shipped medium SAC policy
 
 
 @dataclass
