@@ -155,3 +155,58 @@ def test_offrl_source_uses_builder(temp_register):
     assert len(ds) == 3 and ds.metadata["source"] == "offrl"
     load_dataset(dataset_id)
     assert calls == [dataset_id]  # present now: not rebuilt
+
+
+def _arrays(ds):
+    return {k: getattr(ds, k) for k in ("observations", "next_observations", "actions", "rewards", "terminals", "timeouts")}
+
+
+def test_direct_hdf5_reader_matches_minaris_reader(pendulum, monkeypatch):
+    from offrl.data import minari_io
+
+    fast = _arrays(load_dataset(pendulum, download=False))
+    (minari_io.minari_path(pendulum) / minari_io._CACHE_NAME).unlink()
+    monkeypatch.setattr(minari_io, "_FAST_HDF5", False)
+    slow = _arrays(load_dataset(pendulum, download=False))
+    for k in fast:
+        assert fast[k].dtype == slow[k].dtype and np.array_equal(fast[k], slow[k]), k
+
+
+def test_flat_cache_is_reused_and_invalidated(pendulum, monkeypatch):
+    import os
+
+    from offrl.data import minari_io
+
+    first = _arrays(load_dataset(pendulum, download=False))
+    cache = minari_io.minari_path(pendulum) / minari_io._CACHE_NAME
+    assert cache.is_file()
+
+    def no_read(*a, **k):
+        raise AssertionError("episodes were read again")
+
+    original = minari_io.episodes_to_arrays
+    monkeypatch.setattr(minari_io, "episodes_to_arrays", no_read)
+    again = _arrays(load_dataset(pendulum, download=False))  # from the cache
+    assert all(np.array_equal(first[k], again[k]) for k in first)
+    # a changed data file invalidates the cache
+    data = minari_io.minari_path(pendulum) / "data" / "main_data.hdf5"
+    st = os.stat(data)
+    os.utime(data, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000))
+    with pytest.raises(OffrlError, match="episodes were read again"):
+        load_dataset(pendulum, download=False)
+    monkeypatch.setattr(minari_io, "episodes_to_arrays", original)
+    # a damaged cache is ignored (and rewritten)
+    cache.write_bytes(b"garbage")
+    assert np.array_equal(_arrays(load_dataset(pendulum, download=False))["rewards"], first["rewards"])
+    assert np.load(cache)["rewards"].shape == first["rewards"].shape
+
+
+def test_read_only_dataset_loads_without_cache(pendulum, monkeypatch):
+    from offrl.data import minari_io
+
+    def fail(*a, **k):
+        raise PermissionError(13, "read-only")
+
+    monkeypatch.setattr(minari_io.np, "savez", fail)
+    ds = load_dataset(pendulum, download=False)
+    assert len(ds) == 14 and not (minari_io.minari_path(pendulum) / minari_io._CACHE_NAME).exists()

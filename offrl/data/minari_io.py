@@ -106,6 +106,85 @@ def episodes_to_arrays(
     return {key: np.concatenate(parts) for key, parts in cols.items()}
 
 
+class _Episode:
+    __slots__ = ("id", "observations", "actions", "rewards", "terminations", "truncations")
+
+    def __init__(self, **kw):
+        for k, v in kw.items():
+            setattr(self, k, v)
+
+
+def _hdf5_episodes(mds) -> Iterable[_Episode] | None:
+    """The episodes of an HDF5-stored Minari dataset with Box spaces, read straight from
+    ``main_data.hdf5`` with only the fields offrl uses (Minari's reader also decodes every info
+    field, which dominates on datasets of many short episodes: minutes for 50k episodes). None
+    when the fast path does not apply (other storage, Dict/Tuple spaces)."""
+    import h5py
+
+    if type(mds.storage).__name__ != "HDF5Storage" or not _FAST_HDF5:
+        return None
+    if not (isinstance(mds.observation_space, gym.spaces.Box) and isinstance(mds.action_space, gym.spaces.Box)):
+        return None
+    path = os.path.join(str(mds.storage.data_path), "main_data.hdf5")
+    total = int(mds.total_episodes)
+
+    def gen():
+        with h5py.File(path, "r") as f:
+            for i in range(total):
+                g = f[f"episode_{i}"]
+                yield _Episode(id=i, observations=g["observations"][()], actions=g["actions"][()],
+                               rewards=g["rewards"][()], terminations=g["terminations"][()],
+                               truncations=g["truncations"][()])
+
+    return gen()
+
+
+_FAST_HDF5 = True  # tests switch it off to compare with Minari's own reader
+_CACHE_NAME = "offrl-transitions.npz"
+_CACHE_VERSION = 1
+
+
+def _cache_key(path: Path) -> np.ndarray | None:
+    try:
+        st = os.stat(path / "data" / "main_data.hdf5")
+    except OSError:
+        return None
+    return np.array([_CACHE_VERSION, st.st_size, st.st_mtime_ns], dtype=np.int64)
+
+
+def _read_cache(path: Path) -> dict[str, np.ndarray] | None:
+    """The flat transition arrays cached by an earlier load, if the data file is unchanged."""
+    key = _cache_key(path)
+    cache = path / _CACHE_NAME
+    if key is None or not cache.is_file():
+        return None
+    try:
+        with np.load(cache) as z:
+            if not np.array_equal(z["key"], key):
+                return None
+            return {k: z[k] for k in z.files if k != "key"}
+    except Exception:  # damaged or foreign cache: read the dataset itself
+        return None
+
+
+def _write_cache(path: Path, arrays: dict[str, np.ndarray]) -> None:
+    """Cache the flat arrays next to the Minari data (a dataset of many short episodes reads
+    back from HDF5 in minutes, from the cache in about a second); silently skipped when the
+    dataset directory is not writable."""
+    key = _cache_key(path)
+    if key is None:
+        return
+    tmp = path / (_CACHE_NAME + ".tmp.npz")
+    try:
+        np.savez(tmp, key=key, **arrays)
+        os.replace(tmp, path / _CACHE_NAME)
+    except OSError:
+        try:
+            tmp.unlink(missing_ok=True)
+        except OSError:
+            pass
+
+
 def _download(dataset_id: str, path: Path) -> None:
     """Fetch a dataset from the Minari remote; on failure remove what this call created."""
     import minari
@@ -139,7 +218,11 @@ def load_minari(info: DatasetInfo, download: bool | None = None) -> Dataset:
         mds = minari.load_dataset(info.id)
         _check_space(mds.observation_space, "observation", info.id)
         _check_space(mds.action_space, "action", info.id)
-        arrays = episodes_to_arrays(mds.iterate_episodes(), mds.observation_space, mds.action_space, info.id)
+        arrays = _read_cache(path)
+        if arrays is None:
+            episodes = _hdf5_episodes(mds) or mds.iterate_episodes()
+            arrays = episodes_to_arrays(episodes, mds.observation_space, mds.action_space, info.id)
+            _write_cache(path, arrays)
         stored = dict(mds.storage.metadata)
         env_spec = mds.env_spec
     except OffrlError as e:
