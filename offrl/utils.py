@@ -72,7 +72,8 @@ class StopSignals:
     """Turn SIGINT / SIGTERM into a request that a training loop honours at its next step boundary
     (save a checkpoint, then raise :class:`~offrl.errors.TrainingInterrupted`) instead of dying
     mid-update; SIGUSR1 asks for a checkpoint and training goes on. A second SIGINT interrupts at
-    once. Handlers are installed only in the main thread and restored on exit.
+    once. Handlers are installed only in the main thread, not over a signal the process ignores
+    (e.g. SIGINT of a background job), and restored on exit.
 
         with StopSignals() as stop:
             for step in ...:
@@ -116,7 +117,7 @@ class StopSignals:
         if threading.current_thread() is threading.main_thread():
             for name in self.HANDLED:
                 sig = getattr(signal, name, None)
-                if sig is not None:
+                if sig is not None and signal.getsignal(sig) is not signal.SIG_IGN:  # respect ignored signals
                     self._previous[sig] = signal.signal(sig, self._handle)
         return self
 

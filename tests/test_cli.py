@@ -141,7 +141,7 @@ def cli_runs(cli_env, cli_base) -> dict[str, Future]:
         "bench": offrl("bench", "update", "--algo", "iql", "--steps", "3", "--warmup", "1", *ONE_THREAD),
         "datasets list": offrl("datasets", "list"),
         "datasets info": offrl("datasets", "info", "hopper-medium-v2"),
-        "missing d4rl": bad("missing d4rl", offrl("train", "iql", "--dataset", "hopper-medium-v2", *TINY, *ONE_THREAD)),
+        "missing d4rl": bad("missing d4rl", offrl("train", "iql", *TINY, *ONE_THREAD, "--dataset", "hopper-medium-v2")),
         "script steps 0": bad("script steps 0", iql_script(*TINY, *ONE_THREAD, "--steps", "0")),
         "unknown command": offrl("trian", "iql"),
         **{f"help {name}": cmd for name, (cmd, _) in HELP.items()},

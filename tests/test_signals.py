@@ -20,6 +20,19 @@ SAC_TINY = dict(env="InvertedPendulum-v5", hidden=(32, 32), batch_size=32, eval_
                 progress=False, threads=1, learning_starts=100, buffer_size=1000, total_steps=400, eval_every=200)
 
 
+@pytest.fixture(autouse=True)
+def default_handlers():
+    """Start from Python's default handlers: a background job (CI) may inherit SIGINT ignored,
+    and StopSignals leaves ignored signals alone."""
+    saved = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1)}
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.signal(signal.SIGUSR1, signal.SIG_DFL)
+    yield
+    for s, h in saved.items():
+        signal.signal(s, h)
+
+
 def _signal_at(monkeypatch, n_call: int, sig: int, then=None):
     """Send ``sig`` to this process from inside the ``n_call``-th metrics add (an update step)."""
     calls = {"n": 0}
@@ -112,3 +125,11 @@ def test_second_ctrl_c_interrupts_at_once():
         with pytest.raises(KeyboardInterrupt):
             os.kill(os.getpid(), signal.SIGINT)
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_ignored_signals_stay_ignored():
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    with StopSignals() as stop:
+        os.kill(os.getpid(), signal.SIGINT)
+        assert not stop.requested
+        assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
