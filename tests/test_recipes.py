@@ -209,3 +209,24 @@ def test_list_shows_recipes_and_presence(policies, capsys):
     assert len([r for r in rows if r.count("/") == 2 and r.split("/")[1] in recipes.ENVS]) == 15
     assert rows["offrl/hopper/random-v0"].rstrip().endswith("yes")
     assert rows["offrl/hopper/medium-v0"].rstrip().endswith("no")
+
+
+def test_build_writes_the_flat_cache_that_loading_uses(policies, monkeypatch):
+    from offrl.data import minari_io
+
+    recipes.build(get_info("offrl/hopper/medium-v0"), num_transitions=1500, progress=False)
+    cache = minari_io.minari_path("offrl/hopper/medium-v0") / minari_io._CACHE_NAME
+    assert cache.is_file()
+    original = minari_io.episodes_to_arrays
+
+    def no_read(*a, **k):
+        raise AssertionError("episodes were read back")
+
+    monkeypatch.setattr(minari_io, "episodes_to_arrays", no_read)
+    cached = load_dataset("offrl/hopper/medium-v0")
+    monkeypatch.setattr(minari_io, "episodes_to_arrays", original)
+    cache.unlink()
+    read = load_dataset("offrl/hopper/medium-v0")
+    for k in ("observations", "next_observations", "actions", "rewards", "terminals", "timeouts"):
+        assert np.array_equal(getattr(cached, k), getattr(read, k)), k
+    assert len(read) == 1500

@@ -11,8 +11,10 @@ import shutil
 import tempfile
 import warnings
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Iterator
 
+import gymnasium as gym
 import numpy as np
 
 from offrl.errors import OffrlError
@@ -50,7 +52,7 @@ def write_minari_dataset(
     import minari
     from minari.data_collector.episode_buffer import EpisodeBuffer
 
-    from offrl.data.minari_io import minari_path, minari_root
+    from offrl.data.minari_io import _Episode, _write_cache, episodes_to_arrays, minari_path, minari_root
 
     root = str(minari_root())
     final = str(minari_path(dataset_id))
@@ -77,6 +79,13 @@ def write_minari_dataset(
             )
             if metadata:
                 minari.load_dataset(dataset_id).storage.update_metadata(metadata)
+        if isinstance(observation_space, gym.spaces.Box) and isinstance(action_space, gym.spaces.Box):
+            # the flat transitions cache that load_dataset would otherwise build by reading it all back
+            arrays = episodes_to_arrays(
+                (_Episode(id=i, observations=ep["observations"], actions=ep["actions"], rewards=ep["rewards"],
+                          terminations=ep["terminations"], truncations=ep["truncations"]) for i, ep in enumerate(episodes)),
+                observation_space, action_space, dataset_id)
+            _write_cache(Path(staging) / dataset_id, arrays)
         os.makedirs(os.path.dirname(final), exist_ok=True)
         if os.path.exists(final):
             shutil.rmtree(final)
