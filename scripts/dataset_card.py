@@ -5,8 +5,9 @@ metadata that ``offrl datasets make`` stored in each locally present dataset.
     python scripts/dataset_card.py --json       # one JSON line per dataset
 
 Columns: transitions, episodes, mean ± std return of the complete episodes and its normalized
-score (D4RL's per-env reference scores), the behaviour policy's SAC training step, and the build
-time. Datasets that are not present are listed as such (nothing is made up).
+score (D4RL's per-env reference scores), the behaviour policy's SAC training step, and the
+seconds the recipe took to produce the episodes (``build_seconds``: collection, or reading the run
+or the parts; the Minari write comes after and is not included). Datasets that are not present are listed as such (nothing is made up).
 """
 
 from __future__ import annotations
@@ -51,7 +52,7 @@ def main(argv=None) -> int:
         for r in rows:
             print(json.dumps(r))
         return 0
-    print("| dataset | transitions | episodes | return (mean ± std) | normalized | behaviour SAC step | build |")
+    print("| dataset | transitions | episodes | return (mean ± std) | normalized | behaviour SAC step | collect |")
     print("|---|---:|---:|---:|---:|---:|---:|")
     for r in rows:
         if r.get("present") is False:

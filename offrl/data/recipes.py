@@ -333,6 +333,7 @@ def build(info: DatasetInfo, force: bool = False, num_transitions: int | None = 
         episodes = parts
         extra.update(components=[dataset_id(env, "medium"), dataset_id(env, "expert")])
     stats = episode_stats(episodes)
+    # build_seconds: producing the episodes (the Minari write that follows is not included)
     extra.update(stats=stats, build_seconds=round(time.time() - t0, 1), **_policy_metadata(env))
     ref_min, ref_max = reference_scores(env_id)
     box = gym.spaces.Box(-1.0, 1.0, (DIMS[env][1],), np.float32)
