@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from offrl.errors import OffrlError
+from offrl.errors import OffrlError, suggest
 
 PALETTE = ["#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf"]
 WIDTH, HEIGHT = 760, 440
@@ -66,8 +66,6 @@ def read_metric(run: str | os.PathLike, metric: str) -> tuple[np.ndarray, np.nda
                 if std_key and row.get(std_key) is not None:
                     stds[int(row["step"])] = float(row[std_key])
     if not values:
-        from offrl.errors import suggest
-
         known = sorted(seen - {"step"})
         raise OffrlError(f"{path} has no '{metric}' values" + suggest(metric, known)
                          + (f" (it logs: {', '.join(known[:12])}{' …' if len(known) > 12 else ''})" if known else ""))

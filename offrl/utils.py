@@ -10,7 +10,7 @@ import threading
 import numpy as np
 import torch
 
-from offrl.errors import OffrlError
+from offrl.errors import OffrlError, TrainingInterrupted
 
 
 def resolve_device(device: str) -> torch.device:
@@ -108,8 +108,6 @@ class StopSignals:
         self.signum = signum
 
     def interrupted(self, step: int, checkpoint: str):
-        from offrl.errors import TrainingInterrupted
-
         name = signal.Signals(self.signum).name
         return TrainingInterrupted(step, checkpoint, name, 128 + int(self.signum))
 

@@ -167,6 +167,15 @@ def _read_cache(path: Path) -> dict[str, np.ndarray] | None:
         return None
 
 
+def cache_episodes(path: Path, episodes: list[dict], observation_space: gym.Space, action_space: gym.Space,
+                   dataset_id: str) -> None:
+    """Write the flat transitions cache of a dataset at ``path`` from its episode dicts (what the
+    dataset writer has in memory), so the first load need not read the episodes back."""
+    eps = (_Episode(id=i, **{k: ep[k] for k in ("observations", "actions", "rewards", "terminations", "truncations")})
+           for i, ep in enumerate(episodes))
+    _write_cache(path, episodes_to_arrays(eps, observation_space, action_space, dataset_id))
+
+
 def _write_cache(path: Path, arrays: dict[str, np.ndarray]) -> None:
     """Cache the flat arrays next to the Minari data (a dataset of many short episodes reads
     back from HDF5 in minutes, from the cache in about a second); silently skipped when the
@@ -251,4 +260,5 @@ def load_minari(info: DatasetInfo, download: bool | None = None) -> Dataset:
         raise OffrlError(f"{e} (at {path})") from None
 
 
-__all__ = ["minari_root", "minari_path", "minari_present", "flatten_batch", "episodes_to_arrays", "load_minari"]
+__all__ = ["minari_root", "minari_path", "minari_present", "flatten_batch", "episodes_to_arrays", "load_minari",
+           "cache_episodes"]

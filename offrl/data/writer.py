@@ -52,7 +52,7 @@ def write_minari_dataset(
     import minari
     from minari.data_collector.episode_buffer import EpisodeBuffer
 
-    from offrl.data.minari_io import _Episode, _write_cache, episodes_to_arrays, minari_path, minari_root
+    from offrl.data.minari_io import cache_episodes, minari_path, minari_root
 
     root = str(minari_root())
     final = str(minari_path(dataset_id))
@@ -81,11 +81,7 @@ def write_minari_dataset(
                 minari.load_dataset(dataset_id).storage.update_metadata(metadata)
         if isinstance(observation_space, gym.spaces.Box) and isinstance(action_space, gym.spaces.Box):
             # the flat transitions cache that load_dataset would otherwise build by reading it all back
-            arrays = episodes_to_arrays(
-                (_Episode(id=i, observations=ep["observations"], actions=ep["actions"], rewards=ep["rewards"],
-                          terminations=ep["terminations"], truncations=ep["truncations"]) for i, ep in enumerate(episodes)),
-                observation_space, action_space, dataset_id)
-            _write_cache(Path(staging) / dataset_id, arrays)
+            cache_episodes(Path(staging) / dataset_id, episodes, observation_space, action_space, dataset_id)
         os.makedirs(os.path.dirname(final), exist_ok=True)
         if os.path.exists(final):
             shutil.rmtree(final)
