@@ -2,7 +2,7 @@
 
     offrl train ALGO [flags]            same flags as `python algos/ALGO.py`
     offrl eval CHECKPOINT [--episodes N] [--video]
-    offrl datasets list | info ID | make ID [--force] [--transitions N] [--from-run CKPT]
+    offrl datasets list | info ID | make ID|PATTERN ... [--force] [--transitions N] [--from-run CKPT]
     offrl bench update --algo iql --device cpu --steps N
     offrl plot RUN [RUN ...] --metric eval/normalized_score --out curves.svg [--labels ...]
 """
@@ -102,9 +102,13 @@ def _datasets(args: list[str]) -> int:
     sub.add_parser("list", help="every known dataset id, its source, env, reference scores and whether it is present")
     info = sub.add_parser("info", help="everything about one dataset")
     info.add_argument("id", help="dataset id, e.g. hopper-medium-v2")
-    make = sub.add_parser("make", help="build one of offrl's own datasets")
-    make.add_argument("id", help="dataset id, e.g. offrl/invertedpendulum/scripted-v0")
-    make.add_argument("--force", action="store_true", help="rebuild even if the dataset is present")
+    make = sub.add_parser("make", help="build offrl's own datasets",
+                          description="Build offrl's own datasets. An id may be a pattern: "
+                                      "'offrl/walker2d/*' or 'offrl/*/expert-v0' (quote it); "
+                                      "datasets a pattern matches that are present already are skipped.")
+    make.add_argument("ids", nargs="+", metavar="ID",
+                      help="dataset ids or patterns, e.g. offrl/hopper/medium-v0 'offrl/*'")
+    make.add_argument("--force", action="store_true", help="rebuild even if a dataset is present")
     make.add_argument("--transitions", type=int, default=None,
                       help="transitions to collect (default: the recipe's, 1M for the locomotion suite)")
     make.add_argument("--from-run", default=None, metavar="CHECKPOINT",
@@ -117,23 +121,56 @@ def _datasets(args: list[str]) -> int:
     elif a.cmd == "info":
         data.print_info(a.id)
     else:
-        info = data.get_info(a.id)
-        if info.builder is None:
-            raise OffrlError(f"{a.id} is a {info.source} dataset; offrl has no recipe to build it")
-        if data.is_present(a.id) and not a.force:
-            raise OffrlError(f"{a.id} is already present at {data.dataset_path(a.id)}; pass --force to rebuild it")
+        targets = _make_targets(a.ids, a.force)
         kw = {}
         if a.transitions is not None:
             if a.transitions < 1:
                 raise OffrlError(f"--transitions must be positive, got {a.transitions}")
             kw["num_transitions"] = a.transitions
         if a.from_run is not None:
-            if not a.id.endswith("/medium-replay-v0"):
-                raise OffrlError("--from-run applies to the medium-replay datasets only")
-            kw["from_run"] = a.from_run
-        path = info.builder(info, force=a.force, **kw)
-        print(json.dumps({"id": a.id, "path": str(path), **data.load_dataset(a.id, download=False).summary()}))
+            replay = [t for t in targets if t.endswith("/medium-replay-v0")]
+            if len(replay) != 1:
+                raise OffrlError("--from-run applies to the medium-replay datasets only, one at a time")
+        for target in targets:
+            info = data.get_info(target)
+            extra = {"from_run": a.from_run} if a.from_run is not None and target.endswith("/medium-replay-v0") else {}
+            if data.is_present(target) and not a.force:  # built meanwhile as part of a medium-expert
+                print(f"{target}: present, skipped", file=sys.stderr)
+                continue
+            path = info.builder(info, force=a.force, **kw, **extra)
+            print(json.dumps({"id": target, "path": str(path),
+                              **data.load_dataset(target, download=False).summary()}), flush=True)
     return 0
+
+
+def _make_targets(ids: list[str], force: bool) -> list[str]:
+    """Expand ``offrl datasets make``'s ids and patterns to the recipe datasets to build, in
+    registry order (medium-expert after its parts). A named id that is present without ``--force``
+    is an error; what a pattern matches that is present is skipped."""
+    import fnmatch
+
+    from offrl import data
+
+    recipes = [i.id for i in data.list_datasets() if i.builder is not None]
+    chosen: set[str] = set()
+    for pattern in ids:
+        if any(c in pattern for c in "*?["):
+            hits = fnmatch.filter(recipes, pattern)
+            if not hits:
+                raise OffrlError(f"'{pattern}' matches no dataset offrl can build (see `offrl datasets list`)")
+            skipped = [h for h in hits if data.is_present(h) and not force]
+            for h in skipped:
+                print(f"{h}: present, skipped (--force rebuilds it)", file=sys.stderr)
+            chosen.update(h for h in hits if h not in skipped)
+            continue
+        info = data.get_info(pattern)
+        if info.builder is None:
+            raise OffrlError(f"{pattern} is a {info.source} dataset; offrl has no recipe to build it")
+        if data.is_present(pattern) and not force:
+            raise OffrlError(f"{pattern} is already present at {data.dataset_path(pattern)}; pass --force to rebuild it")
+        chosen.add(pattern)
+    order = {r: k for k, r in enumerate(recipes)}
+    return sorted(chosen, key=lambda r: (order[r], r))
 
 
 def _bench(args: list[str]) -> int:

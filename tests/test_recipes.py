@@ -164,6 +164,26 @@ def test_make_present_needs_force(policies, capsys):
     assert code == 0 and json.loads(out)["transitions"] == 300
 
 
+def test_make_patterns(policies, capsys):
+    """A pattern builds what it matches in registry order (medium-expert after its parts, which it
+    builds when missing); a second run skips what is present; a pattern that matches nothing fails."""
+    code, out, err = cli_main(["datasets", "make", "offrl/hopper/*expert-v0", "--transitions", "150"], capsys)
+    assert code == 0, err
+    built = [json.loads(line)["id"] for line in out.splitlines()]
+    assert built == ["offrl/hopper/expert-v0", "offrl/hopper/medium-expert-v0"]
+    assert is_present("offrl/hopper/medium-v0") and not is_present("offrl/hopper/random-v0")
+    code, out, err = cli_main(["datasets", "make", "offrl/hopper/*expert-v0", "offrl/hopper/random-v0",
+                               "--transitions", "150"], capsys)
+    assert code == 0 and [json.loads(line)["id"] for line in out.splitlines()] == ["offrl/hopper/random-v0"]
+    assert "offrl/hopper/expert-v0: present, skipped" in err and "medium-expert-v0: present, skipped" in err
+    code, _, err = cli_main(["datasets", "make", "offrl/hopper/random-v0", "offrl/hopper/medium-v0"], capsys)
+    assert_one_line_error(code, err, "offrl/hopper/random-v0 is already present", "--force")
+    code, _, err = cli_main(["datasets", "make", "offrl/nowhere/*"], capsys)
+    assert_one_line_error(code, err, "'offrl/nowhere/*' matches no dataset offrl can build")
+    code, _, err = cli_main(["datasets", "make", "offrl/*/medium-replay-v0", "--from-run", "x.pt", "--force"], capsys)
+    assert_one_line_error(code, err, "--from-run applies to the medium-replay datasets only, one at a time")
+
+
 def test_make_bad_transitions_and_from_run(policies, capsys):
     code, _, err = cli_main(["datasets", "make", "offrl/hopper/random-v0", "--transitions", "0"], capsys)
     assert_one_line_error(code, err, "--transitions must be positive")
