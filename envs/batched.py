@@ -1,8 +1,11 @@
 """Batched stepping of the Gymnasium MuJoCo locomotion envs, for fast dataset collection.
 
 :class:`BatchedLocomotion` holds ``num_envs`` copies of Hopper-v5, Walker2d-v5 or HalfCheetah-v5
-as bare ``MjData`` on the env's own ``MjModel`` and steps them in a thread pool (MuJoCo releases
-the GIL), then computes observations, rewards and termination for all copies at once with numpy.
+on the env's own ``MjModel`` and steps them on several threads, then computes observations, rewards
+and termination for all copies at once with numpy. With MuJoCo >= 4 the copies are one
+``mujoco.batch.Batch`` (C++ threads: a vector step is one call, no Python per copy, no GIL);
+with older MuJoCo they are bare ``MjData`` stepped by a Python thread pool (MuJoCo releases the
+GIL in ``mj_step``). Both give the same numbers (``backend=`` picks one).
 It performs the same MuJoCo calls and the same floating-point operations as Gymnasium's v5 envs
 (reset noise from the same seeded generator, ``mj_step`` with the env's frame skip, the env's
 reward weights and healthy ranges read from the constructed env), so its transitions equal
@@ -27,10 +30,18 @@ from offrl.errors import OffrlError
 SUPPORTED = ("Hopper-v5", "Walker2d-v5", "HalfCheetah-v5")
 
 
+def _has_batch() -> bool:
+    """Whether this MuJoCo has ``mujoco.batch`` (MuJoCo >= 4)."""
+    import importlib.util
+
+    return importlib.util.find_spec("mujoco.batch") is not None
+
+
 class BatchedLocomotion:
     """``num_envs`` copies of a MuJoCo locomotion env; copy ``i`` is seeded with ``seed + i``."""
 
-    def __init__(self, env_id: str, num_envs: int, seed: int = 0, threads: int | None = None, **env_kwargs):
+    def __init__(self, env_id: str, num_envs: int, seed: int = 0, threads: int | None = None,
+                 backend: str = "auto", **env_kwargs):
         import mujoco
         from gymnasium.utils.seeding import np_random
 
@@ -67,33 +78,72 @@ class BatchedLocomotion:
 
         self.num_envs = num_envs
         nq, nv = self.model.nq, self.model.nv
-        self.datas = [mujoco.MjData(self.model) for _ in range(num_envs)]
+        if backend == "auto":
+            backend = "batch" if _has_batch() else "threads"
+        if backend not in ("batch", "threads"):
+            raise OffrlError(f"backend must be 'auto', 'batch' or 'threads', got '{backend}'")
+        if backend == "batch" and not _has_batch():
+            raise OffrlError(f"backend 'batch' needs mujoco >= 4 (mujoco.batch); this is mujoco {mujoco.__version__}")
+        self.backend = backend
         self.rngs = [np_random(seed + i)[0] for i in range(num_envs)]
         self.qpos = np.zeros((num_envs, nq))
         self.qvel = np.zeros((num_envs, nv))
         self.elapsed = np.zeros(num_envs, dtype=np.int64)
         threads = threads or min(os.cpu_count() or 1, num_envs)
-        self._chunks = [c for c in np.array_split(np.arange(num_envs), threads) if len(c)]
-        self._pool = ThreadPoolExecutor(len(self._chunks)) if len(self._chunks) > 1 else None
-        for i in range(num_envs):
-            self._reset(i)
+        self._pool = None
+        if backend == "batch":
+            from mujoco.batch import Batch
+
+            self._batch = Batch(self.model, num_envs, nthread=threads)
+            self._b_qpos, self._b_qvel = self._batch.bind("qpos"), self._batch.bind("qvel")
+            self._b_ctrl = self._batch.bind("ctrl")
+        else:
+            self.datas = [mujoco.MjData(self.model) for _ in range(num_envs)]
+            self._chunks = [c for c in np.array_split(np.arange(num_envs), threads) if len(c)]
+            if len(self._chunks) > 1:
+                self._pool = ThreadPoolExecutor(len(self._chunks))
+        self._reset(np.arange(num_envs))
         self.obs = self._obs(self.qpos, self.qvel)
 
     # ------------------------------------------------------------------ physics
-    def _reset(self, i: int) -> None:
-        """Gymnasium's ``reset`` (after seeding): mj_resetData, then the noisy initial state."""
-        mj, d, rng = self._mj, self.datas[i], self.rngs[i]
-        mj.mj_resetData(self.model, d)
+    def _initial_state(self, i: int) -> tuple[np.ndarray, np.ndarray]:
+        """Gymnasium's ``reset_model`` noise for copy ``i`` (from its own seeded generator)."""
+        rng = self.rngs[i]
         qpos = self.init_qpos + rng.uniform(low=-self.noise, high=self.noise, size=self.model.nq)
         if self.cheetah:
             qvel = self.init_qvel + self.noise * rng.standard_normal(self.model.nv)
         else:
             qvel = self.init_qvel + rng.uniform(low=-self.noise, high=self.noise, size=self.model.nv)
-        d.qpos[:] = qpos
-        d.qvel[:] = qvel
-        mj.mj_forward(self.model, d)
-        self.qpos[i], self.qvel[i] = d.qpos, d.qvel
-        self.elapsed[i] = 0
+        return qpos, qvel
+
+    def _reset(self, ids: np.ndarray) -> None:
+        """Gymnasium's ``reset`` (after seeding): mj_resetData, the noisy initial state, mj_forward."""
+        states = [self._initial_state(i) for i in ids]
+        if self.backend == "batch":
+            self._batch.reset(ids, stage=self._mj.mjtStage.mjSTAGE_NONE)
+            for i, (qpos, qvel) in zip(ids, states):
+                self._b_qpos[i], self._b_qvel[i] = qpos, qvel
+            self._batch.forward(ids)
+            self.qpos[ids], self.qvel[ids] = self._b_qpos[ids], self._b_qvel[ids]
+        else:
+            mj = self._mj
+            for i, (qpos, qvel) in zip(ids, states):
+                d = self.datas[i]
+                mj.mj_resetData(self.model, d)
+                d.qpos[:], d.qvel[:] = qpos, qvel
+                mj.mj_forward(self.model, d)
+                self.qpos[i], self.qvel[i] = d.qpos, d.qvel
+        self.elapsed[ids] = 0
+
+    def _physics_step(self, actions: np.ndarray) -> None:
+        if self.backend == "batch":
+            self._b_ctrl[:] = actions
+            self._batch.step(nstep=self.frame_skip)
+            self.qpos, self.qvel = self._b_qpos.copy(), self._b_qvel.copy()
+        elif self._pool is None:
+            self._step_chunk(self._chunks[0], actions)
+        else:
+            list(self._pool.map(lambda c: self._step_chunk(c, actions), self._chunks))
 
     def _step_chunk(self, idx: np.ndarray, actions: np.ndarray) -> None:
         mj, model, n = self._mj, self.model, self.frame_skip
@@ -129,10 +179,7 @@ class BatchedLocomotion:
         if actions.shape != (self.num_envs, self.model.nu):
             raise OffrlError(f"actions have shape {actions.shape}, expected {(self.num_envs, self.model.nu)}")
         x_before = self.qpos[:, 0].copy()
-        if self._pool is None:
-            self._step_chunk(self._chunks[0], actions)
-        else:
-            list(self._pool.map(lambda c: self._step_chunk(c, actions), self._chunks))
+        self._physics_step(actions)
         self.elapsed += 1
         x_velocity = (self.qpos[:, 0] - x_before) / self.dt
         forward_reward = self.forward_w * x_velocity
@@ -148,9 +195,10 @@ class BatchedLocomotion:
         final_obs = self._obs(self.qpos, self.qvel)
         self.final_qpos, self.final_qvel = self.qpos.copy(), self.qvel.copy()  # before any reset
         next_obs = final_obs.copy()
-        for i in np.flatnonzero(terminated | truncated):
-            self._reset(i)
-            next_obs[i] = self._obs(self.qpos[i:i + 1], self.qvel[i:i + 1])[0]
+        ended = np.flatnonzero(terminated | truncated)
+        if len(ended):
+            self._reset(ended)
+            next_obs[ended] = self._obs(self.qpos[ended], self.qvel[ended])
         self.obs = next_obs
         return next_obs, reward, terminated, truncated, final_obs
 
