@@ -210,3 +210,53 @@ def test_read_only_dataset_loads_without_cache(pendulum, monkeypatch):
     monkeypatch.setattr(minari_io.np, "savez", fail)
     ds = load_dataset(pendulum, download=False)
     assert len(ds) == 14 and not (minari_io.minari_path(pendulum) / minari_io._CACHE_NAME).exists()
+
+
+def test_writer_matches_minaris_own_writer():
+    """offrl's writer (Minari writes episode 0 and the metadata, h5py appends the rest) stores what
+    Minari's own writer stores: the same episodes, fields, dtypes, seeds and step counts, read back
+    through Minari's reader."""
+    from offrl.data.writer import write_minari_dataset
+
+    rng = np.random.default_rng(0)
+    episodes = []
+    for i, (steps, term, trunc) in enumerate(EPISODES):
+        ep = {"observations": rng.standard_normal((steps + 1, 3)).astype(np.float32),
+              "actions": rng.uniform(-1, 1, (steps, 1)).astype(np.float32),
+              "rewards": rng.standard_normal(steps).astype(np.float32),
+              "terminations": np.r_[np.zeros(steps - 1, bool), term], "truncations": np.r_[np.zeros(steps - 1, bool), trunc],
+              "infos": {"qpos": rng.standard_normal((steps + 1, 2)), "logp": rng.standard_normal(steps + 1).astype(np.float32)}}
+        if i == 2:
+            ep["seed"] = 7
+        episodes.append(ep)
+    act = gym.spaces.Box(-1, 1, (1,), np.float32)
+    obs = gym.spaces.Box(-np.inf, np.inf, (3,), np.float32)
+    write_minari_dataset("test/ours/w-v0", episodes, "Pendulum-v1", action_space=act, observation_space=obs,
+                         metadata={"note": "x"})
+    minari.create_dataset_from_buffers(
+        "test/theirs/w-v0", [EpisodeBuffer(id=i, **ep) for i, ep in enumerate(episodes)], env="Pendulum-v1",
+        action_space=act, observation_space=obs, algorithm_name="offrl", author="offrl",
+        code_permalink="https://pypi.org/project/offrl/", description="")
+    ours, theirs = minari.load_dataset("test/ours/w-v0"), minari.load_dataset("test/theirs/w-v0")
+    assert (ours.total_episodes, ours.total_steps) == (theirs.total_episodes, theirs.total_steps) == (4, 14)
+    assert ours.storage.metadata["note"] == "x"
+    for a, b in zip(ours.iterate_episodes(), theirs.iterate_episodes(), strict=True):
+        assert a.id == b.id
+        for key in ("observations", "actions", "rewards", "terminations", "truncations"):
+            x, y = getattr(a, key), getattr(b, key)
+            assert x.dtype == y.dtype and np.array_equal(x, y), key
+        assert a.infos.keys() == b.infos.keys() == {"qpos", "logp"}
+        for key in a.infos:
+            assert a.infos[key].dtype == b.infos[key].dtype and np.array_equal(a.infos[key], b.infos[key])
+    import h5py
+
+    files = [h5py.File(d.storage.data_path / "main_data.hdf5", "r") for d in (ours, theirs)]
+    try:
+        assert list(files[0]) == list(files[1])
+        for name in files[0]:
+            attrs = [dict(f[name].attrs) for f in files]
+            assert attrs[0] == attrs[1] and all(type(v) is type(attrs[1][k]) for k, v in attrs[0].items())
+        assert files[0]["episode_2"].attrs["seed"] == 7
+    finally:
+        for f in files:
+            f.close()
