@@ -341,7 +341,7 @@ def build(info: DatasetInfo, force: bool = False, num_transitions: int | None = 
     return write_minari_dataset(
         info.id, episodes, env_id, action_space=box, observation_space=obs_box, ref_min_score=ref_min,
         ref_max_score=ref_max, algorithm_name=f"offrl-sac-{kind}", force=force, description=info.description,
-        metadata={"offrl": json.dumps(_jsonable(extra))},
+        metadata={"offrl": json.dumps(_jsonable(extra))}, progress=progress,
     )
 
 

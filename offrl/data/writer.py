@@ -52,10 +52,12 @@ def write_minari_dataset(
     description: str = "",
     force: bool = False,
     metadata: dict | None = None,
+    progress: bool | None = None,
 ) -> str:
     """Store ``episodes`` (dicts of observations (T+1), actions, rewards, terminations,
     truncations[, infos]) as the Minari dataset ``dataset_id``; returns its directory.
-    ``metadata`` (JSON values) is added to the dataset's Minari metadata."""
+    ``metadata`` (JSON values) is added to the dataset's Minari metadata; ``progress`` shows a bar
+    over the episodes written (default: when stderr is a terminal)."""
     import minari
     from minari.data_collector.episode_buffer import EpisodeBuffer
 
@@ -86,7 +88,8 @@ def write_minari_dataset(
             )
             storage = minari.load_dataset(dataset_id).storage
             if len(episodes) > 1:
-                _append_episodes(Path(staging) / dataset_id / "data" / "main_data.hdf5", episodes[1:], start=1)
+                _append_episodes(Path(staging) / dataset_id / "data" / "main_data.hdf5", episodes[1:], start=1,
+                                 progress=progress, desc=f"write {dataset_id}")
                 storage.update_metadata({"total_episodes": len(episodes),
                                          "total_steps": int(sum(len(ep["rewards"]) for ep in episodes)),
                                          "dataset_size": storage.get_size()})
@@ -108,9 +111,11 @@ def write_minari_dataset(
     return final
 
 
-def _append_episodes(path: Path, episodes: list[dict], start: int) -> None:
+def _append_episodes(path: Path, episodes: list[dict], start: int, progress: bool | None = None,
+                     desc: str = "write") -> None:
     """Append ``episodes`` as ``episode_<start>``, ``episode_<start+1>``, ... in Minari's layout."""
     import h5py
+    from tqdm import tqdm
 
     types: dict = {}
 
@@ -127,7 +132,10 @@ def _append_episodes(path: Path, episodes: list[dict], start: int) -> None:
                 d = h5py.h5d.create(group.id, key.encode(), tid, h5py.h5s.create_simple(value.shape))
                 d.write(h5py.h5s.ALL, h5py.h5s.ALL, value)
 
-    with h5py.File(path, "a", track_order=True) as f:
+    if progress is None:
+        progress = os.isatty(2)
+    with h5py.File(path, "a", track_order=True) as f, \
+            tqdm(total=len(episodes), desc=desc, unit="ep", disable=not progress, dynamic_ncols=True) as bar:
         for i, ep in enumerate(episodes, start):
             g = f.create_group(f"episode_{i}")
             g.attrs["id"] = i
@@ -137,3 +145,4 @@ def _append_episodes(path: Path, episodes: list[dict], start: int) -> None:
             put(g, {k: ep[k] for k in ("observations", "actions", "rewards", "terminations", "truncations")})
             if ep.get("infos"):
                 put(g, {"infos": ep["infos"]})
+            bar.update()
