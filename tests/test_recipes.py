@@ -172,6 +172,13 @@ def test_make_patterns(policies, capsys):
     built = [json.loads(line)["id"] for line in out.splitlines()]
     assert built == ["offrl/hopper/expert-v0", "offrl/hopper/medium-expert-v0"]
     assert is_present("offrl/hopper/medium-v0") and not is_present("offrl/hopper/random-v0")
+    code, out, _ = cli_main(["datasets", "info", "offrl/hopper/expert-v0"], capsys)
+    info = dict(line.split(":", 1) for line in out.splitlines())
+    assert code == 0 and info["recipe"].strip() == "expert (d4rl protocol), collection seed 300"
+    assert info["behaviour"].strip() == "Hopper-v5 step 0; stochastic return 2.0"  # the fixture's policy file
+    assert "build time" in info and info["transitions"].strip() == "150"
+    code, out, _ = cli_main(["datasets", "info", "offrl/hopper/medium-expert-v0"], capsys)
+    assert "components:     offrl/hopper/medium-v0, offrl/hopper/expert-v0" in out.splitlines()
     code, out, err = cli_main(["datasets", "make", "offrl/hopper/*expert-v0", "offrl/hopper/random-v0",
                                "--transitions", "150"], capsys)
     assert code == 0 and [json.loads(line)["id"] for line in out.splitlines()] == ["offrl/hopper/random-v0"]

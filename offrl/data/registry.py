@@ -151,9 +151,49 @@ def print_info(dataset_id: str, file: TextIO | None = None) -> None:
     print(f"{'path:':<15} {dataset_path(dataset_id)}", file=out)
     print(f"{'present:':<15} {'yes' if present else 'no'}", file=out)
     if present:
-        for key, value in load_dataset(dataset_id, download=False).summary().items():
+        ds = load_dataset(dataset_id, download=False)
+        for key, value in ds.summary().items():
             shown = f"{value:.2f}" if isinstance(value, float) else value
             print(f"{key + ':':<15} {shown}", file=out)
+        for key, value in _recipe_lines((ds.metadata or {}).get("minari", {}).get("offrl")):
+            print(f"{key + ':':<15} {value}", file=out)
+
+
+def _recipe_lines(raw) -> list[tuple[str, str]]:
+    """How one of offrl's own datasets was made, from the ``offrl`` entry of its Minari metadata."""
+    import json
+
+    try:
+        meta = json.loads(raw) if isinstance(raw, str) else None
+    except ValueError:
+        return []
+    if not isinstance(meta, dict):
+        return []
+    lines = []
+    if "recipe" in meta:
+        lines.append(("recipe", f"{meta['recipe']} ({meta.get('protocol', '-')} protocol)"
+                      + (f", collection seed {meta['seed']}" if "seed" in meta else "")))
+    b = meta.get("behaviour")
+    if isinstance(b, dict):
+        text = b.get("note") or f"{b.get('env')} step {b.get('step')}"
+        if b.get("eval_return_mean") is not None:
+            text += f"; evaluation return {b['eval_return_mean']:.1f}"
+        if b.get("behaviour_return_mean") is not None:
+            text += f"; stochastic return {b['behaviour_return_mean']:.1f}"
+            if b.get("behaviour_return_std") is not None:
+                text += f" ± {b['behaviour_return_std']:.1f}"
+            if b.get("behaviour_episodes"):
+                text += f" over {b['behaviour_episodes']} episodes"
+        lines.append(("behaviour", text))
+    for key, label in (("source_run", "source run"), ("components", "components")):
+        if meta.get(key):
+            lines.append((label, ", ".join(meta[key]) if isinstance(meta[key], list) else meta[key]))
+    for key, label in (("random_policy_return", "random return"), ("expert_policy_return", "expert return")):
+        if isinstance(meta.get(key), (int, float)):
+            lines.append((label, f"{meta[key]:.1f}"))
+    if isinstance(meta.get("build_seconds"), (int, float)):
+        lines.append(("build time", f"{meta['build_seconds']:.1f} s (producing the episodes)"))
+    return lines
 
 
 # ------------------------------------------------------------------------- built-in catalogue
