@@ -77,7 +77,7 @@ def write_minari_dataset(
             EpisodeBuffer(id=i, seed=ep.get("seed"), observations=ep["observations"], actions=ep["actions"],
                           rewards=ep["rewards"], terminations=ep["terminations"], truncations=ep["truncations"],
                           infos=ep.get("infos"))
-            for i, ep in enumerate(episodes[:1])
+            for i, ep in enumerate(episodes[:1] if _flat(observation_space, action_space) else episodes)
         ]
         with _minari_root(staging), warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -87,7 +87,7 @@ def write_minari_dataset(
                 author="offrl", code_permalink="https://pypi.org/project/offrl/", description=description,
             )
             storage = minari.load_dataset(dataset_id).storage
-            if len(episodes) > 1:
+            if len(buffers) < len(episodes):
                 _append_episodes(Path(staging) / dataset_id / "data" / "main_data.hdf5", episodes[1:], start=1,
                                  progress=progress, desc=f"write {dataset_id}")
                 storage.update_metadata({"total_episodes": len(episodes),
@@ -109,6 +109,16 @@ def write_minari_dataset(
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return final
+
+
+def _flat(observation_space, action_space) -> bool:
+    """Spaces whose episodes the fast path may write: Boxes that are not images (Minari stores an
+    image space's frames JPEG-encoded, which only its own writer does)."""
+
+    def ok(space) -> bool:
+        return isinstance(space, gym.spaces.Box) and not (space.dtype == np.uint8 and len(space.shape) in (2, 3))
+
+    return ok(observation_space) and ok(action_space)
 
 
 def _append_episodes(path: Path, episodes: list[dict], start: int, progress: bool | None = None,
