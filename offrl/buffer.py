@@ -146,7 +146,9 @@ class ReplayBuffer:
         resume; offline runs rebuild the rows from the dataset)."""
         state = {"size": self.size, "ptr": self.ptr, "generator": self.generator.get_state()}
         if include_data:
-            state["data"] = self.data[: self.size].cpu()
+            # A copy, not a view: torch.save writes a view's whole storage, i.e. the full
+            # preallocated capacity (a 1M-row buffer holding 180k rows saved 168 MB, not 30 MB).
+            state["data"] = self.data[: self.size].to("cpu", copy=True)
         return state
 
     def load_state_dict(self, state: dict) -> None:

@@ -196,6 +196,21 @@ def test_state_round_trip_partial_buffer():
     assert torch.equal(other.sample(20).rew, buf.sample(20).rew)
 
 
+def test_saved_state_holds_only_the_filled_rows():
+    import io
+
+    buf = ReplayBuffer(OBS, ACT, capacity=100_000, seed=0)
+    buf.add(*rows(0, 10))
+    f = io.BytesIO()
+    torch.save(buf.state_dict(), f)
+    # 10 rows of 10 float32 are 400 bytes; the preallocated storage would be 4 MB.
+    assert f.tell() < 20_000
+    f.seek(0)
+    other = ReplayBuffer(OBS, ACT, capacity=100_000)
+    other.load_state_dict(torch.load(f))
+    assert torch.equal(other.data[:10], buf.data[:10])
+
+
 def test_load_state_mismatch_raises():
     ds = make_dataset(30)
     state = ReplayBuffer.from_dataset(ds).state_dict(include_data=False)
