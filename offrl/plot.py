@@ -189,13 +189,10 @@ def render_svg(items: list[Curve], metric: str, title: str | None = None) -> str
     return "\n".join(out) + "\n"
 
 
-def plot(runs: list[str], out: str, metric: str = "eval/return_mean", labels: list[str] | None = None,
-         title: str | None = None, band: bool = True) -> dict:
-    """Write the SVG to ``out`` (atomically); returns a summary of what was drawn."""
+def write_svg(out: str, svg: str) -> None:
+    """Write ``svg`` to ``out`` atomically (a temporary file renamed into place)."""
     if not out.endswith(".svg"):
         raise OffrlError(f"--out must be an .svg file, got {out}")
-    items = curves(runs, metric, labels, band)
-    svg = render_svg(items, metric, title)
     folder = os.path.dirname(os.path.abspath(out))
     try:
         os.makedirs(folder, exist_ok=True)
@@ -205,6 +202,70 @@ def plot(runs: list[str], out: str, metric: str = "eval/return_mean", labels: li
         os.replace(tmp, out)
     except OSError as e:
         raise OffrlError(f"cannot write {out}: {e.strerror or e}") from None
+
+
+def plot(runs: list[str], out: str, metric: str = "eval/return_mean", labels: list[str] | None = None,
+         title: str | None = None, band: bool = True) -> dict:
+    """Write the SVG to ``out`` (atomically); returns a summary of what was drawn."""
+    if not out.endswith(".svg"):
+        raise OffrlError(f"--out must be an .svg file, got {out}")
+    items = curves(runs, metric, labels, band)
+    write_svg(out, render_svg(items, metric, title))
     return {"out": out, "metric": metric, "curves": [
         {"label": c.label, "runs": c.runs, "points": len(c.steps), "last_step": int(c.steps[-1]),
          "last": float(c.values[-1]), "best": float(c.values.max())} for c in items]}
+
+
+ROW_HEIGHT = 72
+
+
+def histogram_counts(values: np.ndarray, edges: np.ndarray) -> np.ndarray:
+    """Counts of ``values`` in the bins ``edges`` (the last bin closed; values outside are clipped in)."""
+    return np.histogram(np.clip(values, edges[0], edges[-1]), bins=edges)[0]
+
+
+def render_histograms(rows: list[tuple[str, np.ndarray]], xlabel: str, title: str | None = None,
+                      bins: int = 50) -> str:
+    """Small multiples: one histogram row per ``(label, values)``, on a shared x axis. Each row's
+    bars are scaled to that row's tallest bin; its label gives the count and mean ± std."""
+    rows = [(label, np.asarray(v, dtype=np.float64)) for label, v in rows if len(v)]
+    if not rows:
+        raise OffrlError("nothing to plot: every distribution is empty")
+    allv = np.concatenate([v for _, v in rows])
+    xt = nice_ticks(float(allv.min()), float(allv.max()))
+    x0, x1 = xt[0], xt[-1]
+    edges = np.linspace(x0, x1, bins + 1)
+    pw = WIDTH - LEFT - RIGHT
+    height = TOP + ROW_HEIGHT * len(rows) + BOTTOM
+
+    def px(x):
+        return LEFT + (x - x0) / ((x1 - x0) or 1.0) * pw
+
+    out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{WIDTH}" height="{height}" viewBox="0 0 {WIDTH} {height}" '
+           'font-family="Helvetica, Arial, sans-serif" font-size="12">',
+           f'<rect width="{WIDTH}" height="{height}" fill="white"/>']
+    if title:
+        out.append(f'<text x="{WIDTH / 2:.1f}" y="24" text-anchor="middle" font-size="15">{escape(title)}</text>')
+    bottom = TOP + ROW_HEIGHT * len(rows)
+    for t in xt:
+        out.append(f'<line x1="{px(t):.1f}" x2="{px(t):.1f}" y1="{TOP}" y2="{bottom}" stroke="#f0f0f0"/>')
+        out.append(f'<text x="{px(t):.1f}" y="{bottom + 18}" text-anchor="middle">{_fmt(t)}</text>')
+    for i, (label, v) in enumerate(rows):
+        color = PALETTE[i % len(PALETTE)]
+        base = TOP + ROW_HEIGHT * (i + 1) - 4
+        counts = histogram_counts(v, edges)
+        scale = (ROW_HEIGHT - 24) / max(int(counts.max()), 1)
+        out.append(f'<g class="hist" data-label="{escape(label)}" data-n="{len(v)}">')
+        for k, c in enumerate(counts):
+            if c:
+                x, w = px(edges[k]), px(edges[k + 1]) - px(edges[k])
+                out.append(f'<rect class="bar" data-count="{int(c)}" x="{x:.1f}" y="{base - c * scale:.1f}" '
+                           f'width="{max(w - 0.5, 0.5):.1f}" height="{c * scale:.1f}" fill="{color}"/>')
+        out.append("</g>")
+        out.append(f'<line x1="{LEFT}" x2="{LEFT + pw}" y1="{base}" y2="{base}" stroke="#999"/>')
+        out.append(f'<text x="{LEFT + 6}" y="{base - ROW_HEIGHT + 20}">{escape(label)} · n = {len(v):,} · '
+                   f'{v.mean():.1f} ± {v.std():.1f}</text>')
+    out.append(f'<rect x="{LEFT}" y="{TOP}" width="{pw}" height="{bottom - TOP}" fill="none" stroke="#333"/>')
+    out.append(f'<text x="{LEFT + pw / 2:.1f}" y="{height - 14}" text-anchor="middle">{escape(xlabel)}</text>')
+    out.append("</svg>")
+    return "\n".join(out) + "\n"

@@ -3,19 +3,28 @@ metadata that ``offrl datasets make`` stored in each locally present dataset.
 
     python scripts/dataset_card.py              # markdown table
     python scripts/dataset_card.py --json       # one JSON line per dataset
+    python scripts/dataset_card.py --plot docs/img   # also docs/img/returns_<env>.svg
 
 Columns: transitions, episodes, mean ± std return of the complete episodes and its normalized
 score (D4RL's per-env reference scores), the behaviour policy's SAC training step, and the
 seconds the recipe took to produce the episodes (``build_seconds``: collection, or reading the run
-or the parts; the Minari write comes after and is not included). Datasets that are not present are listed as such (nothing is made up).
+or the parts; the Minari write comes after and is not included). Datasets that are not present are
+listed as such (nothing is made up).
+
+``--plot DIR`` draws, per env with datasets present, the distribution of the complete episodes'
+normalized returns, one row per dataset (``DIR/returns_<env>.svg``).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import sys
 
-from offrl.data import recipes
+import numpy as np
+
+from offrl.data import load_dataset, recipes
 from offrl.data.registry import get_info, is_present
 from offrl.envs import reference_scores
 
@@ -39,10 +48,42 @@ def card_row(dataset_id: str) -> dict:
     }
 
 
+def complete_episode_returns(dataset_id: str) -> np.ndarray:
+    """Returns of the dataset's complete episodes (terminated or at the time limit; an episode cut
+    to reach the transition count is left out), as in the stored statistics."""
+    ds = load_dataset(dataset_id, download=False)
+    complete = (ds.terminals[ds.episode_ends()] > 0) | (ds.episode_lengths() == recipes.MAX_EPISODE_STEPS)
+    return ds.episode_returns()[complete]
+
+
+def plot_returns(env: str, out_dir: str) -> str | None:
+    """``out_dir/returns_<env>.svg`` for the env's present datasets (None when none is present)."""
+    from offrl.plot import render_histograms, write_svg
+
+    lo, hi = reference_scores(recipes.ENVS[env])
+    rows = []
+    for kind in recipes.KINDS:
+        did = recipes.dataset_id(env, kind)
+        if is_present(did):
+            rows.append((f"{kind}-v0", 100.0 * (complete_episode_returns(did) - lo) / (hi - lo)))
+    if not rows:
+        return None
+    out = os.path.join(out_dir, f"returns_{env}.svg")
+    write_svg(out, render_histograms(rows, "normalized return of an episode (D4RL reference scores)",
+                                     title=f"offrl/{env}: return of each complete episode (n · mean ± std)"))
+    return out
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--json", action="store_true", help="one JSON line per dataset instead of a markdown table")
+    p.add_argument("--plot", metavar="DIR", help="also write DIR/returns_<env>.svg (episode-return histograms)")
     a = p.parse_args(argv)
+    if a.plot:
+        for env in recipes.ENVS:
+            out = plot_returns(env, a.plot)
+            if out:
+                print(f"wrote {out}", file=sys.stderr)
     rows = []
     for env in recipes.ENVS:
         for kind in recipes.KINDS:

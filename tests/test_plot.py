@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from test_cli import assert_one_line_error, cli_main
 
-from offrl.plot import curves, nice_ticks
+from offrl.plot import curves, histogram_counts, nice_ticks, render_histograms
 
 SVG = "{http://www.w3.org/2000/svg}"
 
@@ -91,3 +91,19 @@ def test_cli_bad_input_is_one_line(tmp_path, capsys, case):
     assert {"missing": "no metrics.jsonl", "metric": "did you mean: eval/return_mean", "labels": "one label per run",
             "damaged": "not a JSON line", "suffix": ".svg"}[case] in err
     assert not (tmp_path / "o.svg").exists()
+
+
+def test_histograms_one_row_per_distribution_with_exact_counts():
+    values = np.array([0.0, 0.1, 0.1, 9.9, 10.0])
+    edges = np.linspace(0.0, 10.0, 3)
+    assert histogram_counts(values, edges).tolist() == [3, 2]  # the last bin includes its right edge
+    assert histogram_counts(np.array([-5.0, 50.0]), edges).tolist() == [1, 1]  # outside: clipped in
+    svg = render_histograms([("a", values), ("empty", np.array([])), ("b", np.full(4, 5.0))], "x", bins=2)
+    groups = ET.fromstring(svg).findall(f"{SVG}g")
+    assert [g.get("data-label") for g in groups] == ["a", "b"]  # empty rows are left out
+    counts = [[int(r.get("data-count")) for r in g.findall(f"{SVG}rect")] for g in groups]
+    assert sum(counts[0]) == 5 and sum(counts[1]) == 4
+    tallest = [max(float(r.get("height")) for r in g.findall(f"{SVG}rect")) for g in groups]
+    assert tallest[0] == pytest.approx(tallest[1])  # each row scaled to its own tallest bin
+    with pytest.raises(Exception, match="nothing to plot"):
+        render_histograms([("e", [])], "x")

@@ -97,7 +97,7 @@ def test_ship_behaviour_policies_needs_an_earlier_snapshot(tmp_path, capsys):
     assert "no earlier snapshot" in str(e.value.code)
 
 
-def test_dataset_card_reads_built_datasets(policies, capsys):
+def test_dataset_card_reads_built_datasets(policies, tmp_path, capsys):
     recipes.build(get_info("offrl/hopper/medium-v0"), num_transitions=1500, progress=False)
     rows = {r["id"]: r for r in map(json.loads, run_script("dataset_card.py", ["--json"], capsys))}
     assert len(rows) == 15
@@ -106,6 +106,10 @@ def test_dataset_card_reads_built_datasets(policies, capsys):
     assert rows["offrl/hopper/expert-v0"] == {"id": "offrl/hopper/expert-v0", "present": False}
     table = run_script("dataset_card.py", [], capsys)
     assert len(table) == 2 + 15 and "| `offrl/hopper/medium-v0` | 1,500 |" in "\n".join(table)
+    run_script("dataset_card.py", ["--plot", str(tmp_path)], capsys)
+    assert sorted(p.name for p in tmp_path.glob("*.svg")) == ["returns_hopper.svg"]  # only envs with data
+    svg = (tmp_path / "returns_hopper.svg").read_text()
+    assert 'data-label="medium-v0"' in svg and 'data-label="expert-v0"' not in svg
 
 
 def test_bench_collect(policies, capsys):

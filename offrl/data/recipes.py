@@ -41,6 +41,7 @@ DIMS = {"hopper": (11, 3), "halfcheetah": (17, 6), "walker2d": (17, 6)}
 KINDS = ("random", "medium", "medium-replay", "expert", "medium-expert")
 POLICY_LEVELS = ("random", "medium", "expert")
 NUM_TRANSITIONS = 1_000_000
+MAX_EPISODE_STEPS = 1000  # the time limit, as in D4RL (max_path)
 SEEDS = {"random": 100, "medium": 200, "expert": 300}  # collection seed per policy level
 MAX_ENVS = 64
 POLICY_DIR = Path(__file__).resolve().parent / "policies"
@@ -102,7 +103,7 @@ def collect_episodes(env_id: str, agent, num_transitions: int, seed: int, num_en
 
     from offrl.envs.batched import BatchedLocomotion
 
-    venv = BatchedLocomotion(env_id, num_envs or _num_envs(num_transitions, 1000), seed, threads=threads)
+    venv = BatchedLocomotion(env_id, num_envs or _num_envs(num_transitions, MAX_EPISODE_STEPS), seed, threads=threads)
     n = venv.num_envs
     keys = ("obs", "qpos", "qvel", "actions", "rewards", "logp", "term", "trunc", "final", "final_qpos", "final_qvel")
     rows: dict[str, list[np.ndarray]] = {k: [] for k in keys}
@@ -181,7 +182,7 @@ def _truncate(ep: dict, t: int) -> dict:
     return cut
 
 
-def episode_stats(episodes: list[dict], max_steps: int = 1000) -> dict:
+def episode_stats(episodes: list[dict], max_steps: int = MAX_EPISODE_STEPS) -> dict:
     """Transitions, episodes and return statistics over the *complete* episodes (terminated or
     at the time limit; a budget-cut last episode is left out of the returns)."""
     complete = [ep for ep in episodes if ep["terminations"][-1] or len(ep["actions"]) == max_steps]
@@ -306,7 +307,7 @@ def build(info: DatasetInfo, force: bool = False, num_transitions: int | None = 
     if kind in POLICY_LEVELS:
         agent, pinfo = load_behaviour(env, kind)
         episodes = collect_episodes(env_id, agent, n, SEEDS[kind], progress=progress, desc=info.id)
-        extra.update(seed=SEEDS[kind], behaviour=pinfo, num_envs=_num_envs(n, 1000))
+        extra.update(seed=SEEDS[kind], behaviour=pinfo, num_envs=_num_envs(n, MAX_EPISODE_STEPS))
     elif kind == "medium-replay":
         _, pinfo = load_behaviour(env, "medium")
         if from_run:
@@ -327,7 +328,7 @@ def build(info: DatasetInfo, force: bool = False, num_transitions: int | None = 
 
                 build(get_info(sub), num_transitions=num_transitions, progress=progress)
             eps = _minari_episodes(sub)
-            if level == "medium" and eps and not eps[-1]["terminations"][-1] and len(eps[-1]["actions"]) < 1000:
+            if level == "medium" and eps and not eps[-1]["terminations"][-1] and len(eps[-1]["actions"]) < MAX_EPISODE_STEPS:
                 eps = eps[:-1]  # cut at its last episode end
             parts.extend(eps)
         episodes = parts
