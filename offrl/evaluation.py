@@ -5,6 +5,10 @@ number of parallel envs, so two evaluations of the same policy give the same ret
 run in waves of up to ``num_envs`` copies stepping together; a finished copy idles until the wave
 ends. Actions come from ``policy(obs_batch) -> action_batch`` (numpy in, numpy out), e.g.
 ``agent.act`` with its default ``deterministic=True``.
+
+Hopper-v5, Walker2d-v5 and HalfCheetah-v5 are stepped by :class:`offrl.envs.batched.BatchedLocomotion`
+(all copies of a wave in one MuJoCo call on every core; its episodes equal Gymnasium's bit for
+bit), other envs by a Gymnasium ``SyncVectorEnv``. Both give the same returns for the same seeds.
 """
 
 from __future__ import annotations
@@ -42,21 +46,73 @@ def evaluate(
     num_envs: int | None = None,
     max_episode_steps: int | None = None,
     video_path: str | None = None,
+    batched: bool | None = None,
 ) -> dict[str, float | list]:
     """Run ``episodes`` episodes and return mean/std of returns and normalized scores.
 
     The result dict has ``return_mean``, ``return_std``, ``normalized_score``,
     ``normalized_score_std``, ``length_mean`` and the per-episode ``returns``/``lengths``.
     ``video_path`` additionally records the first episode to an mp4 (needs imageio and a
-    MuJoCo render backend, e.g. ``MUJOCO_GL=egl``).
+    MuJoCo render backend, e.g. ``MUJOCO_GL=egl``). ``batched``: step the MuJoCo locomotion
+    envs with ``BatchedLocomotion`` (default: whenever ``env_id`` is one of them); False forces
+    Gymnasium's vector env. ``num_envs`` (default 10 with Gymnasium, all episodes up to 64 with
+    the batched stepper) is the wave width; it does not change a deterministic policy's results.
     """
     from offrl.envs import make_vec_env
+    from offrl.envs.batched import SUPPORTED
 
     if episodes <= 0:
         raise OffrlError(f"eval episodes must be positive, got {episodes}")
-    width = min(episodes, num_envs or 10)
     kwargs = {"max_episode_steps": max_episode_steps} if max_episode_steps else {}
-    venv = make_vec_env(env_id, width, **kwargs)
+    if batched is None:
+        batched = env_id in SUPPORTED
+    if batched:
+        returns, lengths = _run_batched(policy, env_id, episodes, seed, min(episodes, num_envs or 64), kwargs)
+    else:
+        returns, lengths = _run_gymnasium(policy, make_vec_env(env_id, min(episodes, num_envs or 10), **kwargs),
+                                          episodes, seed)
+    if video_path is not None:
+        record_video(policy, env_id, video_path, seed=seed, **kwargs)
+    scores = normalized_score(returns, ref_min_score, ref_max_score)
+    return {
+        "return_mean": float(returns.mean()),
+        "return_std": float(returns.std()),
+        "normalized_score": float(np.mean(scores)),
+        "normalized_score_std": float(np.std(scores)),
+        "length_mean": float(lengths.mean()),
+        "returns": returns.tolist(),
+        "lengths": lengths.tolist(),
+    }
+
+
+def _run_batched(policy, env_id: str, episodes: int, seed: int, width: int, kwargs: dict):
+    """Waves of ``BatchedLocomotion`` copies; copy i of the wave starting at episode ``start`` is
+    seeded with ``seed + start + i`` (its first reset is Gymnasium's ``reset(seed=seed + start + i)``)."""
+    from offrl.envs.batched import BatchedLocomotion
+
+    returns = np.zeros(episodes)
+    lengths = np.zeros(episodes, dtype=np.int64)
+    for start in range(0, episodes, width):
+        n = min(width, episodes - start)
+        with BatchedLocomotion(env_id, n, seed=seed + start, **kwargs) as venv:
+            low, high = venv.action_space.low, venv.action_space.high
+            obs = venv.obs
+            alive = np.ones(n, dtype=bool)
+            ret = np.zeros(n)
+            length = np.zeros(n, dtype=np.int64)
+            while alive.any():
+                action = np.asarray(policy(obs), dtype=np.float32).reshape(n, -1)
+                obs, rew, term, trunc, _ = venv.step(np.clip(action, low, high))
+                ret += np.where(alive, rew, 0.0)
+                length += alive
+                alive &= ~(term | trunc)
+        returns[start : start + n] = ret
+        lengths[start : start + n] = length
+    return returns, lengths
+
+
+def _run_gymnasium(policy, venv, episodes: int, seed: int):
+    width = venv.num_envs
     act_low, act_high = venv.single_action_space.low, venv.single_action_space.high
     returns = np.zeros(episodes)
     lengths = np.zeros(episodes, dtype=np.int64)
@@ -79,18 +135,7 @@ def evaluate(
             lengths[start : start + n] = length[:n]
     finally:
         venv.close()
-    if video_path is not None:
-        record_video(policy, env_id, video_path, seed=seed, **kwargs)
-    scores = normalized_score(returns, ref_min_score, ref_max_score)
-    return {
-        "return_mean": float(returns.mean()),
-        "return_std": float(returns.std()),
-        "normalized_score": float(np.mean(scores)),
-        "normalized_score_std": float(np.std(scores)),
-        "length_mean": float(lengths.mean()),
-        "returns": returns.tolist(),
-        "lengths": lengths.tolist(),
-    }
+    return returns, lengths
 
 
 def record_video(policy, env_id: str, path: str, seed: int = 0, fps: int | None = None, **kwargs) -> str:

@@ -119,3 +119,29 @@ def test_policy_gets_batched_observations_and_actions_are_clipped():
     assert all(shape[0] == 2 and shape[1:] == (4,) for shape in seen)
     clipped = evaluate(lambda o: np.ones((len(o), 1)), ENV_ID, episodes=3, seed=0, num_envs=2)
     assert res["returns"] == clipped["returns"]
+
+
+# ----------------------------------------------------------------------------- batched locomotion
+@pytest.mark.parametrize("env_id,limit", [("Hopper-v5", 34), ("Walker2d-v5", 75), ("HalfCheetah-v5", 120)])
+def test_batched_locomotion_matches_gymnasium(env_id, limit):
+    """The batched path (default for these envs) gives Gymnasium's returns and lengths exactly,
+    across waves of different widths, with episodes ending by termination (a fixed random linear
+    policy falls over after ~35 / ~75 steps) and by the time limit."""
+    from offrl.envs import env_dims
+
+    obs_dim, act_dim = env_dims(env_id)
+    w = np.random.default_rng(3).normal(0.0, 0.02, (obs_dim, act_dim))
+    policy = lambda o: np.tanh(o @ w)  # noqa: E731
+    kw = dict(episodes=5, seed=40, max_episode_steps=limit)
+    gym_res = evaluate(policy, env_id, num_envs=2, batched=False, **kw)
+    fast = evaluate(policy, env_id, num_envs=3, **kw)
+    for k in ("returns", "lengths", "return_mean", "return_std", "length_mean"):
+        assert fast[k] == gym_res[k], k
+    assert max(fast["lengths"]) == limit
+    if env_id != "HalfCheetah-v5":
+        assert min(fast["lengths"]) < limit
+
+
+def test_batched_flag_rejects_other_envs():
+    with pytest.raises(OffrlError, match="batched stepping supports"):
+        evaluate(zero_policy, ENV_ID, episodes=1, batched=True)
