@@ -85,6 +85,20 @@ def evaluate(
     }
 
 
+def _wave(policy, obs, step, alive, action_space):
+    """Step until every ``alive`` copy's episode ended; (returns, lengths) per copy (0 where not alive)."""
+    low, high = action_space.low, action_space.high
+    ret = np.zeros(len(alive))
+    length = np.zeros(len(alive), dtype=np.int64)
+    while alive.any():
+        action = np.asarray(policy(obs), dtype=np.float32).reshape(len(alive), -1)
+        obs, rew, term, trunc, _ = step(np.clip(action, low, high))
+        ret += np.where(alive, rew, 0.0)
+        length += alive
+        alive = alive & ~(term | trunc)
+    return ret, length
+
+
 def _run_batched(policy, env_id: str, episodes: int, seed: int, width: int, kwargs: dict):
     """Waves of ``BatchedLocomotion`` copies; copy i of the wave starting at episode ``start`` is
     seeded with ``seed + start + i`` (its first reset is Gymnasium's ``reset(seed=seed + start + i)``)."""
@@ -95,25 +109,15 @@ def _run_batched(policy, env_id: str, episodes: int, seed: int, width: int, kwar
     for start in range(0, episodes, width):
         n = min(width, episodes - start)
         with BatchedLocomotion(env_id, n, seed=seed + start, **kwargs) as venv:
-            low, high = venv.action_space.low, venv.action_space.high
-            obs = venv.obs
-            alive = np.ones(n, dtype=bool)
-            ret = np.zeros(n)
-            length = np.zeros(n, dtype=np.int64)
-            while alive.any():
-                action = np.asarray(policy(obs), dtype=np.float32).reshape(n, -1)
-                obs, rew, term, trunc, _ = venv.step(np.clip(action, low, high))
-                ret += np.where(alive, rew, 0.0)
-                length += alive
-                alive &= ~(term | trunc)
+            ret, length = _wave(policy, venv.obs, venv.step, np.ones(n, dtype=bool), venv.action_space)
         returns[start : start + n] = ret
         lengths[start : start + n] = length
     return returns, lengths
 
 
 def _run_gymnasium(policy, venv, episodes: int, seed: int):
+    """Waves of a Gymnasium vector env; a short last wave pads with copies seeded past the episodes."""
     width = venv.num_envs
-    act_low, act_high = venv.single_action_space.low, venv.single_action_space.high
     returns = np.zeros(episodes)
     lengths = np.zeros(episodes, dtype=np.int64)
     try:
@@ -121,16 +125,7 @@ def _run_gymnasium(policy, venv, episodes: int, seed: int):
             n = min(width, episodes - start)
             seeds = [seed + start + i for i in range(n)] + [seed + episodes + i for i in range(width - n)]
             obs, _ = venv.reset(seed=seeds)
-            alive = np.zeros(width, dtype=bool)
-            alive[:n] = True
-            ret = np.zeros(width)
-            length = np.zeros(width, dtype=np.int64)
-            while alive.any():
-                action = np.asarray(policy(obs), dtype=np.float32).reshape(width, -1)
-                obs, rew, term, trunc, _ = venv.step(np.clip(action, act_low, act_high))
-                ret += np.where(alive, rew, 0.0)
-                length += alive
-                alive &= ~(term | trunc)
+            ret, length = _wave(policy, obs, venv.step, np.arange(width) < n, venv.single_action_space)
             returns[start : start + n] = ret[:n]
             lengths[start : start + n] = length[:n]
     finally:
