@@ -8,7 +8,8 @@ ends. Actions come from ``policy(obs_batch) -> action_batch`` (numpy in, numpy o
 
 Hopper-v5, Walker2d-v5 and HalfCheetah-v5 are stepped by :class:`offrl.envs.batched.BatchedLocomotion`
 (all copies of a wave in one MuJoCo call on every core; its episodes equal Gymnasium's bit for
-bit), other envs by a Gymnasium ``SyncVectorEnv``. Both give the same returns for the same seeds.
+bit), other envs by a Gymnasium ``SyncVectorEnv``. For a deterministic policy both give the same
+returns for the same seeds.
 """
 
 from __future__ import annotations
