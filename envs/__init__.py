@@ -10,6 +10,7 @@ number-for-number comparable with papers. See docs/datasets.md.
 
 from __future__ import annotations
 
+import contextlib
 
 import gymnasium as gym
 import numpy as np
@@ -53,14 +54,17 @@ def reference_scores(env_id: str) -> tuple[float | None, float | None]:
 _HARMLESS_MUJOCO_WARNINGS = ("compiler attribute 'settotalmass' is deprecated",)
 
 
-def gym_make(env_id: str, **kwargs) -> gym.Env:
-    """``gym.make`` with MuJoCo's known-harmless model-compiler warnings dropped (MuJoCo would
-    print them and write MUJOCO_LOG.TXT into the working directory); other MuJoCo warnings become
-    Python ``RuntimeWarning``s."""
+@contextlib.contextmanager
+def quiet_mujoco():
+    """Within the block, MuJoCo's known-harmless model-compiler warnings are dropped (MuJoCo would
+    print them and write MUJOCO_LOG.TXT into the working directory) and other MuJoCo warnings
+    become Python ``RuntimeWarning``s. For code that builds MuJoCo models itself (Minari makes the
+    env from its id when writing a dataset); the previous handler is restored afterwards."""
     try:
         import mujoco
     except ImportError:  # not a MuJoCo env stack
-        return gym.make(env_id, **kwargs)
+        yield
+        return
     import warnings
 
     def handler(message: str) -> None:
@@ -70,9 +74,15 @@ def gym_make(env_id: str, **kwargs) -> gym.Env:
     previous = mujoco.get_mju_user_warning()
     mujoco.set_mju_user_warning(handler)
     try:
-        return gym.make(env_id, **kwargs)
+        yield
     finally:
         mujoco.set_mju_user_warning(previous)
+
+
+def gym_make(env_id: str, **kwargs) -> gym.Env:
+    """``gym.make`` inside :func:`quiet_mujoco`."""
+    with quiet_mujoco():
+        return gym.make(env_id, **kwargs)
 
 
 def _check_env_id(env_id: str) -> None:
@@ -136,4 +146,5 @@ class NormalizeObservation(gym.ObservationWrapper):
         return ((observation - self.mean) / self.std).astype(np.float32)
 
 
-__all__ = ["D4RL_ENV_MAP", "reference_scores", "d4rl_env_id", "make_env", "make_vec_env", "env_dims", "NormalizeObservation"]
+__all__ = ["D4RL_ENV_MAP", "reference_scores", "d4rl_env_id", "make_env", "make_vec_env", "env_dims", "NormalizeObservation",
+           "gym_make", "quiet_mujoco"]

@@ -68,6 +68,15 @@ def test_tiny_recipe_dataset_format(policies):
     assert mds.spec.env_spec.id == "HalfCheetah-v5"
 
 
+def test_halfcheetah_build_prints_and_logs_no_mujoco_warning(policies, tmp_path, monkeypatch, capfd):
+    """Minari makes the env from its id while writing: the settotalmass warning of half_cheetah.xml
+    must not reach stderr or leave MUJOCO_LOG.TXT in the working directory there either."""
+    monkeypatch.chdir(tmp_path)
+    recipes.build(get_info("offrl/halfcheetah/random-v0"), num_transitions=1000, progress=False)
+    assert "settotalmass" not in capfd.readouterr().err
+    assert not (tmp_path / "MUJOCO_LOG.TXT").exists()
+
+
 def test_terminations_and_rebuild_is_bit_identical(policies):
     info = get_info("offrl/hopper/random-v0")
     recipes.build(info, num_transitions=1500, progress=False)

@@ -62,6 +62,7 @@ def write_minari_dataset(
     from minari.data_collector.episode_buffer import EpisodeBuffer
 
     from offrl.data.minari_io import cache_episodes, minari_path, minari_root
+    from offrl.envs import quiet_mujoco
 
     root = str(minari_root())
     final = str(minari_path(dataset_id))
@@ -79,7 +80,7 @@ def write_minari_dataset(
                           infos=ep.get("infos"))
             for i, ep in enumerate(episodes[:1] if _flat(observation_space, action_space) else episodes)
         ]
-        with _minari_root(staging), warnings.catch_warnings():
+        with _minari_root(staging), warnings.catch_warnings(), quiet_mujoco():  # Minari makes the env
             warnings.simplefilter("ignore")
             minari.create_dataset_from_buffers(
                 dataset_id, buffers, env=env_id, action_space=action_space, observation_space=observation_space,
