@@ -14,7 +14,7 @@ paper is silent). Per step, after the TD3 critic update (:mod:`offrl.td3`, y_T f
           ã   = VAE(s, π(s))                                  (reparameterized; gradient flows to π)
           A_π = Q₁(s, ã) − V⁻(s),   A_D = Q₁(s, a) − V⁻(s)
           t   = ã if A_π ≥ A_D else a
-          w   = mask · (1[Q₁(s, ã) ≥ V⁻(s)] + 1[Q₁(s, a) > V⁻(s)])       ∈ {0, mask, 2·mask}
+          w   = mask · 1[Q₁(s, ã) ≥ V⁻(s) or Q₁(s, a) > V⁻(s)]       ∈ {0, mask}
           L_π = −λ · mean Q₁(s, π(s)) + mean_{B,dims}( w · (π(s) − t)² )
 
 Networks (official): actor s → 256×3 → |A| (tanh), twin critics (s‖a) → 256×4 → 1, V s → 256×4
@@ -35,35 +35,28 @@ import torch
 
 from offrl.errors import check
 from offrl.nets import ConditionalVAE, ValueNet, gaussian_kl
-from offrl.preprocess import fill_unset
-from offrl.preprocess import preset_for as _preset_for
+from offrl.registry import Algorithm, register
 from offrl.td3 import TD3Agent, TD3Config, q_weight, td3_prepare
-from offrl.train import run_offline
-
-# env → (alpha, vae_weight, mask, discount)
-PRESETS = {
-    "halfcheetah": (40.0, 1.0, 1.0, 0.99),
-    "hopper": (2.5, 1.0, 0.4, 0.995),
-    "walker2d": (2.5, 1.5, 1.0, 0.99),
-}
-DEFAULT_PRESET = (2.5, 1.0, 0.5, 0.99)
-
-
-def preset_for(dataset_id: str) -> tuple[float, float, float, float]:
-    return _preset_for(dataset_id, PRESETS, DEFAULT_PRESET)
-
 
 @dataclass
 class Config(TD3Config):
     """A2PR. Unset (None) α, w_vae, mask and γ take the dataset's preset (halfcheetah 40/1/1/0.99,
     hopper 2.5/1/0.4/0.995, walker2d 2.5/1.5/1/0.99, else 2.5/1/0.5/0.99)."""
 
+    preset_fields = ("alpha", "vae_weight", "mask", "discount")
+    presets = {  # official commands
+        "halfcheetah": (40.0, 1.0, 1.0, 0.99),
+        "hopper": (2.5, 1.0, 0.4, 0.995),
+        "walker2d": (2.5, 1.5, 1.0, 0.99),
+    }
+    default_preset = (2.5, 1.0, 0.5, 0.99)
+
     alpha: float | None = None
     """α of the Q weight λ = α / mean|Q₁| (preset by env)."""
     vae_weight: float | None = None
     """w_vae: weight of the VAE's masked reconstruction loss (preset by env)."""
     mask: float | None = None
-    """Scale of the constraint weight mask·(1[Q₁(s,ã) ≥ V] + 1[Q₁(s,a) > V]) (preset by env)."""
+    """Constraint weight where either action beats V: mask·1[Q₁(s,ã) ≥ V or Q₁(s,a) > V] (preset by env)."""
     discount: float | None = None
     """Discount γ (preset: 0.995 hopper, else 0.99)."""
     hidden: tuple[int, ...] = (256, 256, 256, 256)
@@ -86,8 +79,8 @@ class Config(TD3Config):
         check(all(h > 0 for h in self.actor_hidden) and all(h > 0 for h in self.vae_hidden),
               "--actor-hidden and --vae-hidden must be positive sizes")
 
-    def resolve(self, dataset) -> None:
-        fill_unset(self, **dict(zip(('alpha', 'vae_weight', 'mask', 'discount'), preset_for(self.dataset))))
+
+preset_for = Config.preset_for
 
 
 class A2PR(TD3Agent):
@@ -97,24 +90,20 @@ class A2PR(TD3Agent):
     Config = Config
 
     def __init__(self, cfg: Config, obs_dim: int, act_dim: int, obs_mean=None, obs_std=None, device="cpu"):
-        check(None not in (cfg.alpha, cfg.vae_weight, cfg.mask, cfg.discount), "A2PR config is not resolved (presets unset)")
         super().__init__(cfg, obs_dim, act_dim, obs_mean, obs_std, device, actor_hidden=cfg.actor_hidden,
                          critic_hidden=cfg.hidden)
         self.value = ValueNet(obs_dim, tuple(cfg.hidden))
         self.vae = ConditionalVAE(obs_dim, act_dim, 2 * act_dim, tuple(cfg.vae_hidden))
         self.to(self.device)
-        fused = dict(fused=True) if self.device.type in ("cpu", "cuda") else {}
-        self._init_optimizers(
-            value=torch.optim.Adam(self.value.parameters(), lr=cfg.value_lr, **fused),
-            vae=torch.optim.Adam(self.vae.parameters(), lr=cfg.vae_lr, **fused),
-        )
+        self.optimizers.update(value=self.adam(self.value.parameters(), cfg.value_lr),
+                               vae=self.adam(self.vae.parameters(), cfg.vae_lr))
 
     def extra_update(self, batch, y: torch.Tensor, next_act: torch.Tensor):
         """V towards min(y_T, y_C), then the advantage-masked VAE; aux = (V⁻(s), Q₁(s, a))."""
         cfg = self.cfg
-        obs, act, rew, next_obs, done = batch
+        obs, act = batch.obs, batch.act
         with torch.no_grad():
-            y_c = rew + cfg.discount * (1.0 - done) * self.critic(next_obs, next_act).min(0).values
+            y_c = batch.rew + cfg.discount * (1.0 - batch.done) * self.critic(batch.next_obs, next_act).min(0).values
             v_target = torch.minimum(y, y_c)
         v = self.value(obs)
         value_loss = (v - v_target).square().mean()
@@ -140,7 +129,7 @@ class A2PR(TD3Agent):
     def actor_loss(self, batch, aux=None):
         check(aux is not None, "A2PR's actor loss needs V(s) and Q₁(s, a) from extra_update")
         cfg = self.cfg
-        obs, act = batch[0], batch[1]
+        obs, act = batch.obs, batch.act
         v_old, q_data = aux
         pi = self.actor(obs)
         q = self.critic(obs, pi)[0]
@@ -154,7 +143,7 @@ class A2PR(TD3Agent):
             q_recon = self.critic(obs, recon_pi)[0]
         use_recon = (q_recon - v_old) >= (q_data - v_old)
         target = torch.where(use_recon.unsqueeze(-1), recon_pi, act)
-        weight = cfg.mask * ((q_recon >= v_old).float() + (q_data > v_old).float())
+        weight = cfg.mask * torch.logical_or(q_recon >= v_old, q_data > v_old).float()  # official: bool + bool, an OR
         constraint = (weight.unsqueeze(-1) * (pi - target).square()).mean()
         return -lam * q.mean() + constraint, {
             "constraint_loss": constraint.detach(), "lambda": lam, "q_pi": q.detach().mean(),
@@ -162,16 +151,8 @@ class A2PR(TD3Agent):
         }
 
 
-def train(cfg: Config) -> dict:
-    """Train A2PR on ``cfg.dataset``; returns the run summary."""
-    return run_offline(cfg, A2PR, td3_prepare)
-
-
-def main(argv: list[str] | None = None) -> dict:
-    """``python algos/a2pr.py [flags]``: parse flags, train, print the summary JSON line."""
-    from offrl.cli import run_script
-
-    return run_script(Config, train, argv, prog="a2pr", description=__doc__)
+ALGORITHM = register(Algorithm("a2pr", A2PR, Config, prepare=td3_prepare, kind="offline", doc="A2PR (Liu et al., 2024)"))
+train, main = ALGORITHM.train, ALGORITHM.main  # train(cfg) -> summary; `python algos/a2pr.py [flags]`
 
 
 if __name__ == "__main__":

@@ -29,7 +29,6 @@ seeds: normalized score, VaR and CVaR of the episode returns at ``--risk-alpha``
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from dataclasses import dataclass
@@ -39,7 +38,10 @@ import torch
 
 from offrl.agent import Agent, load_checkpoint
 from offrl.errors import OffrlError, check
+from offrl.evaluation import COMPARE_SEED_OFFSET, Evaluator
+from offrl.io import write_json
 from offrl.nets import MLP
+from offrl.registry import Algorithm, register
 from offrl.train import OfflineConfig, Prepared, run_offline
 
 
@@ -105,34 +107,22 @@ def var_cvar(returns, alpha: float) -> tuple[float, float]:
     return float(r[k - 1]), float(r[:k].mean())
 
 
-def load_base(path_or_ckpt, device):
-    """The base agent of an offrl checkpoint (any algorithm offrl knows)."""
-    from offrl.bench import agent_class, load_algo
-
-    ckpt = load_checkpoint(path_or_ckpt) if isinstance(path_or_ckpt, str) else path_or_ckpt
-    if ckpt.get("algo") == "cdsa":
-        raise OffrlError("the base policy cannot itself be a CDSA checkpoint")
-    return agent_class(load_algo(ckpt["algo"])).from_checkpoint(ckpt, device=device), ckpt
-
-
 class CDSA(Agent):
-    """Frozen base policy + score-based correction: ``update(batch)`` fits the models, ``act`` corrects."""
+    """Frozen base policy + score-based correction: ``update(batch)`` fits the models, ``act`` corrects.
+    The base is the agent's frozen part ``base`` (:class:`offrl.agent.FrozenPolicy`): never
+    optimized, saved inside CDSA's checkpoints and policy files and restored from them."""
 
     algo = "cdsa"
     Config = Config
     policy_modules = ("score", "forward_model", "inverse_model")
 
-    def __init__(self, cfg: Config, obs_dim: int, act_dim: int, obs_mean=None, obs_std=None, device="cpu",
-                 base_ckpt: dict | None = None):
+    def __init__(self, cfg: Config, obs_dim: int, act_dim: int, obs_mean=None, obs_std=None, device="cpu"):
         super().__init__(cfg, obs_dim, act_dim, obs_mean, obs_std, device)
-        base, ckpt = load_base(base_ckpt if base_ckpt is not None else cfg.checkpoint, self.device)
+        base = self.frozen_policy("base", cfg.checkpoint)
+        if base.algo == "cdsa":
+            raise OffrlError("the base policy cannot itself be a CDSA checkpoint")
         if (base.obs_dim, base.act_dim) != (obs_dim, act_dim):
             raise OffrlError(f"the base policy has obs/act dims {base.obs_dim}/{base.act_dim}, the dataset {obs_dim}/{act_dim}")
-        keep = base._policy_keys()  # the base travels inside CDSA checkpoints as a policy file
-        self.base_ckpt = {k: ckpt[k] for k in ("format", "algo", "config", "dims")}
-        self.base_ckpt["agent"] = {k: v for k, v in ckpt["agent"].items() if k in keep}
-        self.base_ckpt["policy"] = dict(ckpt.get("policy") or {"dataset": ckpt.get("dataset")})
-        self.base = base.requires_grad_(False).eval()
         hidden = tuple(cfg.hidden)
         self.score = MLP(obs_dim + 1, obs_dim, hidden)
         self.forward_model = MLP(obs_dim + act_dim, obs_dim, hidden)
@@ -153,12 +143,12 @@ class CDSA(Agent):
         cfg = self.cfg
         sigma = cfg.act_sigma if cfg.act_sigma is not None else cfg.sigma_min
         x_next = x + self.forward_model(torch.cat([x, a0], -1))
-        s = torch.full((len(x), 1), float(sigma), device=x.device)
+        s = torch.full((x.shape[0], 1), float(sigma), device=x.device)
         x_star = x_next + cfg.step_size * sigma ** 2 * self.score_fn(x_next, s)
         return self.inverse_model(torch.cat([x, x_star], -1)) - self.inverse_model(torch.cat([x, x_next], -1))
 
     def raw_policy(self, obs: torch.Tensor, deterministic: bool = True) -> torch.Tensor:
-        a0 = self.base.raw_policy(obs, deterministic)
+        a0 = self.base(obs, deterministic)
         if self.cfg.weight == 0:
             return a0
         return (a0 + self.cfg.weight * self.correction(self.normalize_obs(obs), a0)).clamp(-1.0, 1.0)
@@ -167,7 +157,7 @@ class CDSA(Agent):
         raise OffrlError("CDSA acts on raw observations (raw_policy/act), its base has its own normalization")
 
     def update(self, batch) -> dict[str, torch.Tensor]:
-        obs, act, _, next_obs, _ = batch
+        obs, act, next_obs = batch.obs, batch.act, batch.next_obs
         score_loss = dsm_loss(self.score_fn, obs, self.sigmas)
         forward_loss = (self.forward_model(torch.cat([obs, act], -1)) - (next_obs - obs)).square().sum(-1).mean()
         inverse_loss = (self.inverse_model(torch.cat([obs, next_obs], -1)) - act).square().sum(-1).mean()
@@ -178,34 +168,13 @@ class CDSA(Agent):
         return {"score_loss": score_loss.detach(), "forward_loss": forward_loss.detach(),
                 "inverse_loss": inverse_loss.detach()}
 
-    # ------------------------------------------------------------------ checkpoints
-    def checkpoint(self, **extra):
-        return super().checkpoint(base=self.base_ckpt, **extra)
-
-    def save_policy(self, path: str, info=None) -> None:  # pragma: no cover - the base must travel too
-        raise OffrlError("save a CDSA agent with save(): it holds its base policy")
-
-    def state_dict(self, *args, **kwargs):
-        sd = super().state_dict(*args, **kwargs)
-        return {k: v for k, v in sd.items() if not k.startswith("base.")}  # the base is saved as a checkpoint
-
-    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
-        own = {k: v for k, v in super().state_dict().items() if k.startswith("base.")}
-        return super().load_state_dict({**own, **state_dict}, strict=strict, assign=assign)
-
     @classmethod
     def from_checkpoint(cls, ckpt: dict, device=None, path: str = "checkpoint"):
-        from offrl.agent import config_from_dict
-
-        if ckpt.get("algo") != cls.algo:
-            raise OffrlError(f"{path} is a checkpoint of algorithm '{ckpt.get('algo')}', not '{cls.algo}'")
-        if "base" not in ckpt:
-            raise OffrlError(f"{path} has no base policy")
-        cfg = config_from_dict(cls.Config, ckpt["config"])
-        device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-        agent = cls(cfg, ckpt["dims"]["obs_dim"], ckpt["dims"]["act_dim"], device=device, base_ckpt=ckpt["base"])
-        agent.load_training_state(ckpt)
-        return agent
+        if ckpt.get("algo") == cls.algo and "frozen" not in ckpt:
+            if "base" not in ckpt:
+                raise OffrlError(f"{path} has no base policy")
+            ckpt = {**ckpt, "frozen": {"base": ckpt["base"]}}  # checkpoints written before frozen parts
+        return super().from_checkpoint(ckpt, device=device, path=path)
 
 
 def prepare(cfg: Config, dataset) -> Prepared:
@@ -216,16 +185,16 @@ def prepare(cfg: Config, dataset) -> Prepared:
 
 def compare(agent: CDSA, env_id: str, episodes: int, seed: int, ref_min=None, ref_max=None, alpha: float = 0.1) -> dict:
     """Base (w = 0) vs base + CDSA (the agent's w) over the same episode seeds."""
-    from offrl.evaluation import evaluate
-
     out = {}
     w = agent.cfg.weight
+    evaluator = Evaluator(env_id, episodes, seed, ref_min_score=ref_min, ref_max_score=ref_max)
     for name, weight in (("base", 0.0), ("cdsa", w)):
         agent.cfg.weight = weight
         try:
-            res = evaluate(agent.act, env_id, episodes, seed=seed, ref_min_score=ref_min, ref_max_score=ref_max)
+            evaluator(agent)
         finally:
             agent.cfg.weight = w
+        res = evaluator.last
         var, cvar = var_cvar(res["returns"], alpha)
         out[name] = {"return_mean": res["return_mean"], "return_std": res["return_std"],
                      "normalized_score": res["normalized_score"], f"var_{alpha:g}": var, f"cvar_{alpha:g}": cvar,
@@ -246,19 +215,16 @@ def train(cfg: Config) -> dict:
     env = ckpt.get("env", {})
     if env.get("env_id"):
         agent = CDSA.from_checkpoint(ckpt, device="cpu")
-        result = compare(agent, env["env_id"], agent.cfg.compare_episodes, seed=agent.cfg.seed + 20_000,
+        result = compare(agent, env["env_id"], agent.cfg.compare_episodes, seed=agent.cfg.seed + COMPARE_SEED_OFFSET,
                          ref_min=env.get("ref_min_score"), ref_max=env.get("ref_max_score"), alpha=agent.cfg.risk_alpha)
-        with open(os.path.join(summary["run_dir"], "comparison.json"), "w") as f:
-            json.dump(result, f, indent=2)
+        write_json(os.path.join(summary["run_dir"], "comparison.json"), result)
         summary["comparison"] = {k: {m: v for m, v in r.items() if m != "returns"} for k, r in result.items()}
     return summary
 
 
-def main(argv: list[str] | None = None) -> dict:
-    """``python algos/cdsa.py --checkpoint BASE [flags]``: fit, evaluate, compare; print the summary JSON."""
-    from offrl.cli import run_script
-
-    return run_script(Config, train, argv, prog="cdsa", description=__doc__)
+ALGORITHM = register(Algorithm("cdsa", CDSA, Config, train, kind="plug-in", benchmark=False,
+                               doc="CDSA score-based action correction of a base policy (Liu et al., 2024)"))
+main = ALGORITHM.main  # `python algos/cdsa.py --checkpoint BASE [flags]`: fit, evaluate, compare; print the summary JSON.
 
 
 if __name__ == "__main__":

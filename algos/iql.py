@@ -16,8 +16,12 @@ Update per step, in the official code's order (V → actor → Q → target):
 
 Policy: Gaussian with tanh on the mean and a state-independent log-std in [−5, 2] (no tanh
 squashing of the distribution, so dataset actions are clipped to ±(1 − 1e-5)); the actor's learning
-rate follows a cosine decay to 0 over training; V and Q use a constant rate.
-Rewards: locomotion r·1000/(max episode return − min episode return); antmaze r − 1.
+rate follows a cosine decay to 0 over the offline phase; V and Q use a constant rate. In an online
+phase (``--online-steps``) the actor's rate is the constant ``--actor-lr`` (the official fine-tuning
+config has no decay; CORL's cosine keeps stepping and passes 0 at the hand-over — not followed).
+Rewards (``--reward-mode``, :mod:`offrl.preprocess`): locomotion ``return_range``
+r·1000/(max episode return − min episode return); antmaze ``minus_one`` r − 1; online rewards get
+the same transform.
 States are not normalized (official code; CORL normalizes — `--normalize-states` turns it on).
 """
 
@@ -33,8 +37,9 @@ import torch
 from offrl.agent import Agent
 from offrl.errors import check
 from offrl.nets import EnsembleCritic, GaussianActor, DeterministicActor, ValueNet, orthogonal_init_, soft_update_
-from offrl.preprocess import dataset_domain, return_range_scale
-from offrl.train import OfflineConfig, Prepared, run_offline
+from offrl.preprocess import dataset_domain, reward_mode_for, reward_transform
+from offrl.registry import Algorithm, register
+from offrl.train import OfflineConfig, Prepared
 
 # (expectile, beta, actor dropout) per domain, from the official configs
 PRESETS = {
@@ -63,19 +68,19 @@ class Config(OfflineConfig):
     tau: float = 0.005
     """Polyak rate of the target Q networks."""
     actor_lr: float = 3e-4
-    """Actor learning rate (cosine-decayed to 0 over --steps unless --no-cosine-decay)."""
+    """Actor learning rate (cosine-decayed to 0 over the offline --steps unless --no-cosine-decay; constant online)."""
     value_lr: float = 3e-4
     """V learning rate."""
     critic_lr: float = 3e-4
     """Q learning rate."""
     cosine_decay: bool = True
-    """Cosine-decay the actor learning rate to 0 over training (official code)."""
+    """Cosine-decay the actor learning rate to 0 over the offline phase (official code)."""
     hidden: tuple[int, ...] = (256, 256)
     """Hidden sizes of every network."""
     deterministic_actor: bool = False
     """Deterministic tanh actor trained with advantage-weighted MSE instead of the Gaussian log-likelihood."""
-    reward_mode: Literal["auto", "scale", "antmaze", "none"] = "auto"
-    """Reward preprocessing: scale = r·1000/(max−min episode return), antmaze = r−1, auto picks by dataset domain."""
+    reward_mode: Literal["auto", "return_range", "minus_one", "none"] = "auto"
+    """Reward transform: return_range = r·1000/(max−min episode return), minus_one = r−1; auto: return_range for locomotion, minus_one for antmaze."""
     normalize_states: bool = False
     """Normalize states by dataset mean/std (off in the official code)."""
     orthogonal_init: bool = True
@@ -112,11 +117,18 @@ def awr_weights(adv: torch.Tensor, beta: float, max_weight: float) -> torch.Tens
     return torch.exp(beta * adv).clamp(max=max_weight)
 
 
+REWARD_BY_DOMAIN = {"locomotion": "return_range", "antmaze": "minus_one"}
+
+
 class IQL(Agent):
-    """IQL agent: ``update(batch) -> metrics``, ``act(obs)``, ``save``/``load``."""
+    """IQL agent: ``update(batch) -> metrics``, ``act(obs)``, ``save``/``load``.
+
+    Named steps a method built on IQL overrides (FamO2O): :meth:`value_step`, :meth:`awr_weights`,
+    :meth:`actor_loss`, :meth:`critic_loss`; :meth:`update` runs them in the official order."""
 
     algo = "iql"
     Config = Config
+    online_continuation = True
 
     def __init__(self, cfg: Config, obs_dim: int, act_dim: int, obs_mean=None, obs_std=None, device="cpu"):
         super().__init__(cfg, obs_dim, act_dim, obs_mean, obs_std, device)
@@ -137,53 +149,69 @@ class IQL(Agent):
         self.critic_target.requires_grad_(False)
         self.register_buffer("num_updates", torch.zeros((), dtype=torch.int64))
         self.to(self.device)
-        fused = dict(fused=True) if self.device.type in ("cpu", "cuda") else {}
         self.optimizers = {
-            "value": torch.optim.Adam(self.value.parameters(), lr=cfg.value_lr, **fused),
+            "value": self.adam(self.value.parameters(), cfg.value_lr),
             # tensor lr: the cosine schedule is written in place inside update(), no host sync
-            "actor": torch.optim.Adam(self.actor.parameters(), lr=torch.tensor(cfg.actor_lr, device=self.device), **fused),
-            "critic": torch.optim.Adam(self.critic.parameters(), lr=cfg.critic_lr, **fused),
+            "actor": self.adam(self.actor.parameters(), torch.tensor(cfg.actor_lr, device=self.device)),
+            "critic": self.adam(self.critic.parameters(), cfg.critic_lr),
         }
 
     def policy(self, obs: torch.Tensor, deterministic: bool = True) -> torch.Tensor:
         return self.actor.act(obs, deterministic).clamp(-1.0, 1.0)
 
     def actor_lr(self) -> torch.Tensor:
-        """Cosine decay lr·½(1 + cos(π·t/T)) of the official code (optax.cosine_decay_schedule)."""
-        if not self.cfg.cosine_decay:
+        """Cosine decay lr·½(1 + cos(π·t/T)) of the official code (optax.cosine_decay_schedule)
+        over the offline phase (T = --steps); constant in an online phase."""
+        if not self.cfg.cosine_decay or self.phase_kind != "offline":
             return torch.full((), self.cfg.actor_lr, device=self.device)
         t = self.num_updates.clamp(max=self.cfg.steps).float()
         return self.cfg.actor_lr * 0.5 * (1.0 + torch.cos(math.pi * t / self.cfg.steps))
 
+    # ------------------------------------------------------------------ named steps
+    def value_step(self, batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """1. V towards the upper expectile of the target Q over dataset actions; returns
+        (min target Q(s, a), V(s) before the step, the value loss)."""
+        with torch.no_grad():
+            target_q = self.critic_target(batch.obs, batch.act).min(0).values
+        v = self.value(batch.obs)
+        value_loss = expectile_loss(target_q - v, self.cfg.expectile)
+        opt = self.optimizers["value"]
+        opt.zero_grad(set_to_none=True)
+        value_loss.backward()
+        opt.step()
+        return target_q, v, value_loss
+
+    def awr_weights(self, batch, adv: torch.Tensor) -> torch.Tensor:
+        """exp(β·A) clipped (detached)."""
+        return awr_weights(adv, self.cfg.beta, self.cfg.exp_adv_max)
+
+    def actor_loss(self, batch, weights: torch.Tensor) -> torch.Tensor:
+        """2. Advantage-weighted regression on the dataset actions."""
+        if self.cfg.deterministic_actor:
+            bc = (self.actor(batch.obs) - batch.act).square().sum(-1)
+            return (weights * bc).mean()
+        return -(weights * self.actor.log_prob(batch.obs, batch.act)).mean()
+
+    def critic_loss(self, batch, q_target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """3. Q regression onto r + γ(1 − d)V_new(s'); returns (loss, Q)."""
+        q = self.critic(batch.obs, batch.act)
+        return (q - q_target).square().sum(0).mean(), q
+
     def update(self, batch) -> dict[str, torch.Tensor]:
         cfg = self.cfg
-        obs, act, rew, next_obs, done = batch
         opt = self.optimizers
-
-        # 1. V towards the upper expectile of the target Q over dataset actions
-        with torch.no_grad():
-            target_q = self.critic_target(obs, act).min(0).values
-        v = self.value(obs)
-        value_loss = expectile_loss(target_q - v, cfg.expectile)
-        opt["value"].zero_grad(set_to_none=True)
-        value_loss.backward()
-        opt["value"].step()
+        target_q, v, value_loss = self.value_step(batch)
 
         # V_new at s (advantages) and s' (Q target) in one forward pass
         with torch.no_grad():
-            v_new, next_v = self.value(torch.cat([obs, next_obs])).chunk(2)
+            v_new, next_v = self.value(torch.cat([batch.obs, batch.next_obs])).chunk(2)
             adv = target_q - v_new
-            weights = awr_weights(adv, cfg.beta, cfg.exp_adv_max)
-            q_target = rew + cfg.discount * (1.0 - done) * next_v
+            weights = self.awr_weights(batch, adv)
+            q_target = batch.rew + cfg.discount * (1.0 - batch.done) * next_v
 
         # 2. actor (AWR) and 3. Q regression: disjoint parameters, one backward pass
-        if cfg.deterministic_actor:
-            bc = (self.actor(obs) - act).square().sum(-1)
-            actor_loss = (weights * bc).mean()
-        else:
-            actor_loss = -(weights * self.actor.log_prob(obs, act)).mean()
-        q = self.critic(obs, act)
-        critic_loss = (q - q_target).square().sum(0).mean()
+        actor_loss = self.actor_loss(batch, weights)
+        critic_loss, q = self.critic_loss(batch, q_target)
         opt["actor"].zero_grad(set_to_none=True)
         opt["critic"].zero_grad(set_to_none=True)
         (actor_loss + critic_loss).backward()
@@ -209,31 +237,14 @@ class IQL(Agent):
 
 def prepare(cfg: Config, dataset) -> Prepared:
     """Rewards by domain (official code), dataset actions clipped to ±(1 − 1e-5), optional state stats."""
-    mode = cfg.reward_mode
-    if mode == "auto":
-        domain = dataset_domain(cfg.dataset)
-        mode = {"locomotion": "scale", "antmaze": "antmaze"}.get(domain, "none")
-    if mode == "scale":
-        rewards = dataset.rewards * return_range_scale(dataset)
-    elif mode == "antmaze":
-        rewards = dataset.rewards - 1.0
-    else:
-        rewards = dataset.rewards
+    mode = reward_mode_for(cfg.reward_mode, cfg.dataset, REWARD_BY_DOMAIN)
     actions = np.clip(dataset.actions, -1.0 + 1e-5, 1.0 - 1e-5)
     mean, std = dataset.state_stats() if cfg.normalize_states else (None, None)
-    return Prepared(rewards=rewards.astype(np.float32), actions=actions, obs_mean=mean, obs_std=std)
+    return Prepared(reward_fn=reward_transform(mode, dataset), actions=actions, obs_mean=mean, obs_std=std)
 
 
-def train(cfg: Config) -> dict:
-    """Train IQL on ``cfg.dataset``; returns the run summary (run dir, checkpoint, final score)."""
-    return run_offline(cfg, IQL, prepare)
-
-
-def main(argv: list[str] | None = None) -> dict:
-    """``python algos/iql.py [flags]``: parse flags, train, print the summary JSON line."""
-    from offrl.cli import run_script
-
-    return run_script(Config, train, argv, prog="iql", description=__doc__)
+ALGORITHM = register(Algorithm("iql", IQL, Config, prepare=prepare, kind="offline", doc="IQL (Kostrikov et al., 2022)"))
+train, main = ALGORITHM.train, ALGORITHM.main  # train(cfg) -> summary; `python algos/iql.py [flags]`
 
 
 if __name__ == "__main__":

@@ -46,8 +46,11 @@ import torch
 from offrl.agent import Agent
 from offrl.errors import check
 from offrl.nets import EnsembleMLP, GaussianActor, soft_update_
-from offrl.preprocess import dataset_domain, fill_unset, return_range_scale
-from offrl.train import OfflineConfig, Prepared, run_offline
+from offrl.preprocess import dataset_domain, fill_unset, reward_mode_for, reward_transform
+from offrl.registry import Algorithm, register
+from offrl.train import OfflineConfig, Prepared
+
+REWARD_BY_DOMAIN = {"locomotion": "return_range", "antmaze": "sparse_minus3"}
 
 
 def f_star(y: torch.Tensor) -> torch.Tensor:
@@ -103,8 +106,8 @@ class Config(OfflineConfig):
     """tanh on the policy mean (preset: off for RL, on for imitation)."""
     normalize_states: bool | None = None
     """Normalize states by dataset mean/std + 1e-3 (preset: off for RL, on for imitation)."""
-    reward_mode: Literal["auto", "scale", "antmaze", "none"] = "auto"
-    """RL rewards: scale = r·1000/(max−min episode return), antmaze = −3 where r = 0 else 0; auto by domain."""
+    reward_mode: Literal["auto", "return_range", "sparse_minus3", "none"] = "auto"
+    """RL reward transform: return_range = r·1000/(max−min episode return), sparse_minus3 = −3 where r = 0 else 0; auto: return_range for locomotion, sparse_minus3 for antmaze."""
     expert_dataset: str | None = None
     """Offline imitation: take expert trajectories from this dataset; --dataset becomes the reward-free union data."""
     expert_episodes: int = 1
@@ -160,10 +163,9 @@ class ODICE(Agent):
         self.value_target.requires_grad_(False)
         self.actor = GaussianActor(obs_dim, act_dim, tuple(cfg.policy_hidden), tanh_mean=cfg.tanh_mean)
         self.to(self.device)
-        fused = dict(fused=True) if self.device.type in ("cpu", "cuda") else {}
         self.optimizers = {
-            "value": torch.optim.Adam(self.value.parameters(), lr=cfg.value_lr, **fused),
-            "actor": torch.optim.Adam(self.actor.parameters(), lr=cfg.policy_lr, weight_decay=cfg.weight_decay, **fused),
+            "value": self.adam(self.value.parameters(), cfg.value_lr),
+            "actor": self.adam(self.actor.parameters(), cfg.policy_lr, weight_decay=cfg.weight_decay),
         }
 
     def policy(self, obs: torch.Tensor, deterministic: bool = True) -> torch.Tensor:
@@ -176,8 +178,8 @@ class ODICE(Agent):
     def value_step(self, batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """The V update of ``cfg.update_rule``; returns (policy residual δ [heads, B], metrics)."""
         cfg = self.cfg
-        obs, act, rew, next_obs, done = batch
-        not_done = 1.0 - done
+        obs, rew, next_obs = batch.obs, batch.rew, batch.next_obs
+        not_done = 1.0 - batch.done
         params = list(self.value.parameters())
         v = self.v_heads(obs)
         metrics: dict[str, torch.Tensor] = {}
@@ -220,7 +222,7 @@ class ODICE(Agent):
     def update(self, batch) -> dict[str, torch.Tensor]:
         residual, metrics = self.value_step(batch)
         weight = policy_weight(residual, self.cfg.weight_max)  # [heads, B]
-        nll = -self.actor.log_prob(batch[0], batch[1])  # [B]
+        nll = -self.actor.log_prob(batch.obs, batch.act)  # [B]
         policy_loss = (weight * nll).mean()
         opt = self.optimizers["actor"]
         opt.zero_grad(set_to_none=True)
@@ -256,35 +258,17 @@ def imitation_dataset(cfg: Config, union):
 def prepare(cfg: Config, dataset) -> Prepared:
     """RL: rewards by domain (official code). Imitation: expert + union rows, labelled rewards.
     Optional state normalization over the rows trained on."""
-    replaced = None
     if cfg.imitation:
         replaced, _ = imitation_dataset(cfg, dataset)
-        dataset = replaced
-        rewards = dataset.rewards
-    else:
-        mode = cfg.reward_mode
-        if mode == "auto":
-            mode = {"locomotion": "scale", "antmaze": "antmaze"}.get(dataset_domain(cfg.dataset), "none")
-        if mode == "scale":
-            rewards = dataset.rewards * return_range_scale(dataset)
-        elif mode == "antmaze":
-            rewards = np.where(dataset.rewards == 0.0, -3.0, 0.0)
-        else:
-            rewards = dataset.rewards
+        mean, std = replaced.state_stats() if cfg.normalize_states else (None, None)
+        return Prepared(rewards=replaced.rewards, obs_mean=mean, obs_std=std, dataset=replaced)
+    mode = reward_mode_for(cfg.reward_mode, cfg.dataset, REWARD_BY_DOMAIN)
     mean, std = dataset.state_stats() if cfg.normalize_states else (None, None)
-    return Prepared(rewards=np.asarray(rewards, np.float32), obs_mean=mean, obs_std=std, dataset=replaced)
+    return Prepared(reward_fn=reward_transform(mode, dataset), obs_mean=mean, obs_std=std)
 
 
-def train(cfg: Config) -> dict:
-    """Train O-DICE on ``cfg.dataset``; returns the run summary."""
-    return run_offline(cfg, ODICE, prepare)
-
-
-def main(argv: list[str] | None = None) -> dict:
-    """``python algos/odice.py [flags]``: parse flags, train, print the summary JSON line."""
-    from offrl.cli import run_script
-
-    return run_script(Config, train, argv, prog="odice", description=__doc__)
+ALGORITHM = register(Algorithm("odice", ODICE, Config, prepare=prepare, kind="offline", doc="O-DICE (Mao et al., 2024)"))
+train, main = ALGORITHM.train, ALGORITHM.main  # train(cfg) -> summary; `python algos/odice.py [flags]`
 
 
 if __name__ == "__main__":

@@ -28,29 +28,22 @@ import torch
 
 from offrl.errors import check
 from offrl.knn import ExactNN
-from offrl.preprocess import fill_unset
-from offrl.preprocess import preset_for as _preset_for
+from offrl.registry import Algorithm, register
 from offrl.td3 import TD3Agent, TD3Config, q_weight, td3_prepare
-from offrl.train import run_offline
-
-# env → (alpha, beta, reward scale, reward shift)
-PRESETS = {
-    "halfcheetah": (40.0, 2.0, 1.0, 0.0),
-    "hopper": (2.5, 2.0, 1.0, 0.0),
-    "walker2d": (2.5, 2.0, 1.0, 0.0),
-    "antmaze": (7.5, 7.5, 10000.0, -1.0),
-}
-DEFAULT_PRESET = (2.5, 2.0, 1.0, 0.0)
-
-
-def preset_for(dataset_id: str) -> tuple[float, float, float, float]:
-    return _preset_for(dataset_id, PRESETS, DEFAULT_PRESET)
-
 
 @dataclass
 class Config(TD3Config):
     """PRDC. Unset (None) α, β and reward scale/shift take the dataset's preset
     (halfcheetah α 40, β 2; hopper/walker2d α 2.5, β 2; antmaze α 7.5, β 7.5, r ← 10000·r − 1)."""
+
+    preset_fields = ("alpha", "beta", "reward_scale", "reward_shift")
+    presets = {  # official README
+        "halfcheetah": (40.0, 2.0, 1.0, 0.0),
+        "hopper": (2.5, 2.0, 1.0, 0.0),
+        "walker2d": (2.5, 2.0, 1.0, 0.0),
+        "antmaze": (7.5, 7.5, 10000.0, -1.0),
+    }
+    default_preset = (2.5, 2.0, 1.0, 0.0)
 
     alpha: float | None = None
     """α of the Q weight λ = α / mean|Q₁| (preset by env)."""
@@ -71,8 +64,8 @@ class Config(TD3Config):
             check(self.beta >= 0, f"--beta must be >= 0, got {self.beta}")
         check(self.nn_chunk > 0, f"--nn-chunk must be positive, got {self.nn_chunk}")
 
-    def resolve(self, dataset) -> None:
-        fill_unset(self, **dict(zip(('alpha', 'beta', 'reward_scale', 'reward_shift'), preset_for(self.dataset))))
+
+preset_for = Config.preset_for
 
 
 class PRDC(TD3Agent):
@@ -82,9 +75,7 @@ class PRDC(TD3Agent):
     Config = Config
 
     def __init__(self, cfg: Config, obs_dim: int, act_dim: int, obs_mean=None, obs_std=None, device="cpu"):
-        check(cfg.alpha is not None and cfg.beta is not None, "PRDC config is not resolved (alpha/beta unset)")
         super().__init__(cfg, obs_dim, act_dim, obs_mean, obs_std, device)
-        self._init_optimizers()
         self.index: ExactNN | None = None
         self.data_actions: torch.Tensor | None = None
 
@@ -105,7 +96,7 @@ class PRDC(TD3Agent):
 
     def actor_loss(self, batch, aux=None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         check(self.index is not None, "PRDC needs its dataset index: call setup_data(buffer) first")
-        obs = batch[0]
+        obs = batch.obs
         pi = self.actor(obs)
         q = self.critic(obs, pi)[0]
         lam = q_weight(self.cfg.alpha, q)
@@ -122,16 +113,8 @@ class PRDC(TD3Agent):
         return self.update
 
 
-def train(cfg: Config) -> dict:
-    """Train PRDC on ``cfg.dataset``; returns the run summary."""
-    return run_offline(cfg, PRDC, td3_prepare)
-
-
-def main(argv: list[str] | None = None) -> dict:
-    """``python algos/prdc.py [flags]``: parse flags, train, print the summary JSON line."""
-    from offrl.cli import run_script
-
-    return run_script(Config, train, argv, prog="prdc", description=__doc__)
+ALGORITHM = register(Algorithm("prdc", PRDC, Config, prepare=td3_prepare, kind="offline", doc="PRDC (Ran et al., 2023)"))
+train, main = ALGORITHM.train, ALGORITHM.main  # train(cfg) -> summary; `python algos/prdc.py [flags]`
 
 
 if __name__ == "__main__":

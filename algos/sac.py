@@ -28,7 +28,8 @@ import torch
 from offrl.agent import Agent
 from offrl.errors import check
 from offrl.nets import EnsembleCritic, TanhGaussianActor, soft_update_
-from offrl.online import OnlineConfig, run_online
+from offrl.online import OnlineConfig
+from offrl.registry import Algorithm, register
 
 
 @dataclass
@@ -62,7 +63,10 @@ class Config(OnlineConfig):
 
 
 class SAC(Agent):
-    """SAC agent: ``update(batch) -> metrics``, ``act(obs)`` (tanh of the mean), ``explore(obs)`` (a sample)."""
+    """SAC agent: ``update(batch) -> metrics``, ``act(obs)`` (tanh of the mean), ``explore(obs)`` (a sample).
+
+    Named steps a method built on SAC overrides (AILBoost, residual SAC): :meth:`td_target`,
+    :meth:`critic_step`, :meth:`actor_loss`, :meth:`actor_step` (actor, then α), :meth:`update_targets`."""
 
     algo = "sac"
     Config = Config
@@ -78,10 +82,9 @@ class SAC(Agent):
         self.log_alpha = torch.nn.Parameter(torch.tensor(float(np.log(cfg.init_alpha))))
         self.target_entropy = float(-act_dim if cfg.target_entropy is None else cfg.target_entropy)
         self.to(self.device)
-        fused = dict(fused=True) if self.device.type in ("cpu", "cuda") else {}
         self.optimizers = {
-            "actor": torch.optim.Adam(self.actor.parameters(), lr=cfg.actor_lr, **fused),
-            "critic": torch.optim.Adam(self.critic.parameters(), lr=cfg.critic_lr, **fused),
+            "actor": self.adam(self.actor.parameters(), cfg.actor_lr),
+            "critic": self.adam(self.critic.parameters(), cfg.critic_lr),
             "alpha": torch.optim.Adam([self.log_alpha], lr=cfg.alpha_lr),
         }
 
@@ -98,58 +101,61 @@ class SAC(Agent):
         a, logp = self.actor.sample(x)
         return a.cpu().numpy(), logp.cpu().numpy()
 
-    def update(self, batch) -> dict[str, torch.Tensor]:
-        cfg = self.cfg
-        obs, act, rew, next_obs, done = batch
-        opt = self.optimizers
-        alpha = self.log_alpha.detach().exp()
+    # ------------------------------------------------------------------ named steps
+    @torch.no_grad()
+    def td_target(self, batch, alpha: torch.Tensor) -> torch.Tensor:
+        """y = r + γ(1 − d)[min Q̄(s', a') − α log π(a'|s')], a' ~ π(·|s')."""
+        next_act, next_logp = self.actor.sample(batch.next_obs)
+        next_q = self.critic_target(batch.next_obs, next_act).min(0).values - alpha * next_logp
+        return batch.rew + self.cfg.discount * (1.0 - batch.done) * next_q
 
-        with torch.no_grad():
-            next_act, next_logp = self.actor.sample(next_obs)
-            next_q = self.critic_target(next_obs, next_act).min(0).values - alpha * next_logp
-            y = rew + cfg.discount * (1.0 - done) * next_q
-        q = self.critic(obs, act)
+    def critic_step(self, batch, alpha: torch.Tensor) -> dict[str, torch.Tensor]:
+        y = self.td_target(batch, alpha)
+        q = self.critic(batch.obs, batch.act)
         critic_loss = (q - y).square().sum(0).mean()
-        opt["critic"].zero_grad(set_to_none=True)
+        opt = self.optimizers["critic"]
+        opt.zero_grad(set_to_none=True)
         critic_loss.backward()
-        opt["critic"].step()
+        opt.step()
+        return {"critic_loss": critic_loss.detach(), "q_mean": q.detach().mean()}
 
-        new_act, logp = self.actor.sample(obs)
+    def actor_loss(self, batch, alpha: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """E[α log π(ã|s) − min Q(s, ã)] with ã reparameterized; returns (loss, log π(ã|s))."""
+        new_act, logp = self.actor.sample(batch.obs)
         self.critic.requires_grad_(False)  # the actor loss needs dQ/da only, no critic weight grads
-        q_pi = self.critic(obs, new_act).min(0).values
+        q_pi = self.critic(batch.obs, new_act).min(0).values
         self.critic.requires_grad_(True)
-        actor_loss = (alpha * logp - q_pi).mean()
+        return (alpha * logp - q_pi).mean(), logp
+
+    def actor_step(self, batch, alpha: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The actor update, then the temperature's."""
+        opt = self.optimizers
+        actor_loss, logp = self.actor_loss(batch, alpha)
         opt["actor"].zero_grad(set_to_none=True)
         actor_loss.backward()
         opt["actor"].step()
-
         alpha_loss = -(self.log_alpha * (logp.detach() + self.target_entropy)).mean()
-        if cfg.autotune:
+        if self.cfg.autotune:
             opt["alpha"].zero_grad(set_to_none=True)
             alpha_loss.backward()
             opt["alpha"].step()
+        return {"actor_loss": actor_loss.detach(), "alpha_loss": alpha_loss.detach(), "entropy": -logp.detach().mean()}
 
-        soft_update_(self.critic_target, self.critic, cfg.tau)
-        return {
-            "critic_loss": critic_loss.detach(),
-            "actor_loss": actor_loss.detach(),
-            "alpha_loss": alpha_loss.detach(),
-            "alpha": alpha,
-            "entropy": -logp.detach().mean(),
-            "q_mean": q.detach().mean(),
-        }
+    def update_targets(self) -> None:
+        soft_update_(self.critic_target, self.critic, self.cfg.tau)
 
-
-def train(cfg: Config) -> dict:
-    """Train SAC online in ``cfg.env``; returns the run summary."""
-    return run_online(cfg, SAC)
+    def update(self, batch) -> dict[str, torch.Tensor]:
+        alpha = self.log_alpha.detach().exp()
+        critic = self.critic_step(batch, alpha)
+        actor = self.actor_step(batch, alpha)
+        self.update_targets()
+        return {"critic_loss": critic["critic_loss"], "actor_loss": actor["actor_loss"],
+                "alpha_loss": actor["alpha_loss"], "alpha": alpha, "entropy": actor["entropy"],
+                "q_mean": critic["q_mean"]}
 
 
-def main(argv: list[str] | None = None) -> dict:
-    """``python algos/sac.py [flags]``: parse flags, train, print the summary JSON line."""
-    from offrl.cli import run_script
-
-    return run_script(Config, train, argv, prog="sac", description=__doc__)
+ALGORITHM = register(Algorithm("sac", SAC, Config, kind="online", doc="SAC (Haarnoja et al., 2018)"))
+train, main = ALGORITHM.train, ALGORITHM.main  # train(cfg) -> summary; `python algos/sac.py [flags]`
 
 
 if __name__ == "__main__":

@@ -18,8 +18,8 @@ from dataclasses import dataclass
 
 import torch
 
+from offrl.registry import Algorithm, register
 from offrl.td3 import TD3Agent, TD3Config, q_weight, td3_prepare
-from offrl.train import run_offline
 
 
 @dataclass
@@ -33,29 +33,16 @@ class TD3BC(TD3Agent):
     algo = "td3_bc"
     Config = Config
 
-    def __init__(self, cfg: Config, obs_dim: int, act_dim: int, obs_mean=None, obs_std=None, device="cpu"):
-        super().__init__(cfg, obs_dim, act_dim, obs_mean, obs_std, device)
-        self._init_optimizers()
-
     def actor_loss(self, batch, aux=None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        obs, act = batch[0], batch[1]
-        pi = self.actor(obs)
-        q = self.critic(obs, pi)[0]
+        pi = self.actor(batch.obs)
+        q = self.critic(batch.obs, pi)[0]
         lam = q_weight(self.cfg.alpha, q)
-        bc = (pi - act).square().mean()
+        bc = (pi - batch.act).square().mean()
         return -lam * q.mean() + bc, {"bc_loss": bc.detach(), "lambda": lam, "q_pi": q.detach().mean()}
 
 
-def train(cfg: Config) -> dict:
-    """Train TD3+BC on ``cfg.dataset``; returns the run summary."""
-    return run_offline(cfg, TD3BC, td3_prepare)
-
-
-def main(argv: list[str] | None = None) -> dict:
-    """``python algos/td3_bc.py [flags]``: parse flags, train, print the summary JSON line."""
-    from offrl.cli import run_script
-
-    return run_script(Config, train, argv, prog="td3_bc", description=__doc__)
+ALGORITHM = register(Algorithm("td3_bc", TD3BC, Config, prepare=td3_prepare, kind="offline", doc="TD3+BC (Fujimoto & Gu, 2021)"))
+train, main = ALGORITHM.train, ALGORITHM.main  # train(cfg) -> summary; `python algos/td3_bc.py [flags]`
 
 
 if __name__ == "__main__":

@@ -134,17 +134,5 @@ def env_dims(env_id: str) -> tuple[int, int]:
         env.close()
 
 
-class NormalizeObservation(gym.ObservationWrapper):
-    """Normalize observations with fixed statistics: (obs − mean) / std (dataset stats, not running)."""
-
-    def __init__(self, env: gym.Env, mean: np.ndarray, std: np.ndarray):
-        super().__init__(env)
-        self.mean = np.asarray(mean, dtype=np.float32)
-        self.std = np.asarray(std, dtype=np.float32)
-
-    def observation(self, observation):
-        return ((observation - self.mean) / self.std).astype(np.float32)
-
-
-__all__ = ["D4RL_ENV_MAP", "reference_scores", "d4rl_env_id", "make_env", "make_vec_env", "env_dims", "NormalizeObservation",
+__all__ = ["D4RL_ENV_MAP", "reference_scores", "d4rl_env_id", "make_env", "make_vec_env", "env_dims",
            "gym_make", "quiet_mujoco"]

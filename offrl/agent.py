@@ -1,24 +1,39 @@
-"""Base class of every agent: acting, checkpoint save/load, optimizer bookkeeping.
+"""Base class of every agent: acting, exploring, checkpoint save/load, optimizer bookkeeping,
+frozen policies, starting from another run, phase hooks and export.
 
 An algorithm file subclasses :class:`Agent`, builds its networks and optimizers in ``__init__``
 and implements ``update(batch) -> dict[str, Tensor]`` and ``policy(obs, deterministic)``.
 Everything else (numpy/torch conversion, observation normalization at act time, saving and
 loading with the config, exact-resume state) lives here once.
+
+The agent protocol the run lifecycle (:mod:`offrl.run`) uses:
+
+* ``update(batch)`` — one gradient step on a :class:`~offrl.buffer.Batch`, metrics as tensors;
+* ``act(obs)`` — deterministic actions for raw observations (evaluation, deployment);
+* ``explore(obs)`` — the behaviour in an online phase (default: sampled actions);
+* ``rollout_action(obs) -> (actions, extras)`` — what a collector needs (on-policy: log-prob, value);
+* ``state_value(obs)``, ``learn(storage, last_value)`` — on-policy agents: bootstrap values and learning
+  from a full rollout;
+* ``begin_phase(kind, steps)`` — called when a phase starts (phase-aware schedules);
+* ``setup_data(buffer)`` — called with the filled buffer before an offline phase.
 """
 
 from __future__ import annotations
 
+import contextvars
 import dataclasses
 import os
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Sequence
 
 import numpy as np
 import torch
 import torch.nn as nn
 
 from offrl.errors import OffrlError
+from offrl.io import save_torch
 
 CHECKPOINT_FORMAT = "offrl-checkpoint-v1"
+_LOADING_FROZEN: contextvars.ContextVar[dict | None] = contextvars.ContextVar("offrl_frozen", default=None)
 
 
 def config_to_dict(cfg) -> dict[str, Any]:
@@ -54,25 +69,53 @@ def load_checkpoint(path: str, map_location: str | torch.device = "cpu") -> dict
     return ckpt
 
 
-def save_atomic(obj: Any, path: str) -> None:
-    """``torch.save`` to a temp file in the same directory, then rename over ``path``."""
-    tmp = f"{path}.tmp-{os.getpid()}"
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+class FrozenPolicy(nn.Module):
+    """A loaded policy that acts but never learns: its parameters never require gradients (no
+    optimizer touches them), it stays in eval mode, and it is saved inside its owner's checkpoint
+    as a policy file (acting weights and config) and restored from there — the original file is
+    not needed again. Calling it gives the policy's deterministic actions for raw observations.
+    """
+
+    def __init__(self, source: str | dict, device: str | torch.device = "cpu"):
+        super().__init__()
+        from offrl.registry import agent_class
+
+        ckpt = load_checkpoint(source) if isinstance(source, str) else source
+        agent = agent_class(ckpt.get("algo")).from_checkpoint(ckpt, device=device,
+                                                              path=source if isinstance(source, str) else "frozen policy")
+        keep = agent._policy_keys()
+        self.policy_file = {k: ckpt[k] for k in ("format", "algo", "config", "dims")}
+        self.policy_file["agent"] = {k: v.detach().cpu().clone() for k, v in ckpt["agent"].items() if k in keep}
+        self.policy_file["policy"] = dict(ckpt.get("policy") or {"dataset": ckpt.get("dataset")})
+        if ckpt.get("frozen"):
+            self.policy_file["frozen"] = ckpt["frozen"]
+        self.agent = agent.requires_grad_(False).eval()
+        self.obs_dim, self.act_dim, self.algo = agent.obs_dim, agent.act_dim, agent.algo
+
+    def train(self, mode: bool = True) -> "FrozenPolicy":
+        return super().train(False)  # always in eval mode (dropout off)
+
+    @torch.no_grad()
+    def forward(self, obs: torch.Tensor, deterministic: bool = True) -> torch.Tensor:
+        return self.agent.raw_policy(obs, deterministic)
+
+
+def adam(params, lr, device: torch.device, **kwargs) -> torch.optim.Adam:
+    """Adam, fused on CPU and CUDA (a tensor ``lr`` makes in-place schedules possible)."""
+    fused = dict(fused=True) if device.type in ("cpu", "cuda") else {}
+    return torch.optim.Adam(params, lr=lr, **fused, **kwargs)
 
 
 class Agent(nn.Module):
-    """Base agent. Subclasses set ``algo`` and ``Config`` and fill ``self.optimizers`` /
-    ``self.schedulers`` (name → object) so that checkpoints capture them."""
+    """Base agent. Subclasses set ``algo`` and ``Config`` and fill ``self.optimizers``
+    (name → optimizer) so that checkpoints capture them."""
 
     algo: ClassVar[str] = "agent"
     Config: ClassVar[type]
     policy_modules: ClassVar[tuple[str, ...]] = ("actor",)
     """Sub-modules that acting needs: what a policy file (:meth:`save_policy`) keeps."""
+    online_continuation: ClassVar[bool] = False
+    """Whether the method defines an online phase after its offline one (``--online-steps``)."""
 
     def __init__(self, cfg, obs_dim: int, act_dim: int, obs_mean=None, obs_std=None, device: str | torch.device = "cpu"):
         super().__init__()
@@ -84,7 +127,8 @@ class Agent(nn.Module):
         self.register_buffer("obs_mean", mean.reshape(obs_dim).clone())
         self.register_buffer("obs_std", std.reshape(obs_dim).clone())
         self.optimizers: dict[str, torch.optim.Optimizer] = {}
-        self.schedulers: dict[str, Any] = {}
+        self._frozen: dict[str, FrozenPolicy] = {}
+        self.phase_kind = "offline"
 
     # ------------------------------------------------------------------ to implement
     def update(self, batch) -> dict[str, torch.Tensor]:  # pragma: no cover - abstract
@@ -102,9 +146,73 @@ class Agent(nn.Module):
         """The update function ``--compile`` uses (agents with a python-side schedule override)."""
         return torch.compile(self.update)
 
+    def begin_phase(self, kind: str, steps: int) -> None:
+        """Called by the run when a phase starts (``kind``: offline, online, on-policy; ``steps``:
+        its length). Phase-aware schedules override it and call super()."""
+        self.phase_kind = kind
+
+    def adam(self, params, lr, **kwargs) -> torch.optim.Adam:
+        return adam(params, lr, self.device, **kwargs)
+
+    # ------------------------------------------------------------------ frozen parts, other runs
+    def frozen_policy(self, name: str, source: str | dict) -> FrozenPolicy:
+        """Load ``source`` (a checkpoint or policy file path, or its dict) as the frozen part
+        ``name``; when this agent is being restored from its own checkpoint, the copy saved there
+        is used instead of ``source``."""
+        saved = (_LOADING_FROZEN.get() or {}).get(name)
+        part = FrozenPolicy(saved if saved is not None else source, self.device)
+        setattr(self, name, part)
+        self._frozen[name] = part
+        return part
+
+    def init_from(self, source: str | dict, parts: Sequence[str] = ("actor",)) -> "Agent":
+        """Start from another run: copy the weights of the sub-modules ``parts`` (e.g. ``actor``,
+        ``critic``, ``critic_target``, ``obs_stats`` for the observation normalization) from a
+        checkpoint or policy file of any algorithm with modules of the same names and shapes."""
+        ckpt = load_checkpoint(source) if isinstance(source, str) else source
+        weights = ckpt["agent"]
+        for part in parts:
+            if part == "obs_stats":
+                self.obs_mean.copy_(weights["obs_mean"])
+                self.obs_std.copy_(weights["obs_std"])
+                continue
+            sub = {k[len(part) + 1:]: v for k, v in weights.items() if k.startswith(part + ".")}
+            if not sub or not isinstance(getattr(self, part, None), nn.Module):
+                raise OffrlError(f"cannot take '{part}' from a {ckpt.get('algo')} checkpoint into {self.algo}")
+            try:
+                getattr(self, part).load_state_dict(sub)
+            except RuntimeError as e:
+                raise OffrlError(f"'{part}' of the {ckpt.get('algo')} checkpoint does not fit {self.algo}: "
+                                 f"{str(e).splitlines()[-1].strip()}") from None
+        return self
+
+    def export(self, path: str, format: str = "torchscript") -> str:
+        """Write the deterministic acting policy, observation normalization inside, as a file that
+        runs without offrl (TorchScript or ONNX); see :mod:`offrl.export`."""
+        from offrl.export import export_policy
+
+        return export_policy(self, path, format)
+
     # ------------------------------------------------------------------ acting
     def normalize_obs(self, obs: torch.Tensor) -> torch.Tensor:
         return (obs - self.obs_mean) / self.obs_std
+
+    def explore(self, obs) -> np.ndarray:
+        """The behaviour in an online phase: sampled actions for raw observations (an agent with a
+        deterministic actor adds its exploration noise here)."""
+        return self.act(obs, deterministic=False)
+
+    def rollout_action(self, obs) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        """``(actions, extras)`` for a collector; on-policy agents add ``logp`` and ``value``."""
+        return self.explore(obs), {}
+
+    def state_value(self, obs) -> np.ndarray:  # pragma: no cover - on-policy agents implement it
+        """On-policy agents: V(s) for raw observations (bootstrap values of an on-policy phase)."""
+        raise NotImplementedError(f"{self.algo} has no state-value function")
+
+    def learn(self, storage, last_value) -> dict[str, torch.Tensor]:  # pragma: no cover
+        """On-policy agents: learn from one full rollout (:class:`~offrl.rollout.RolloutStorage`)."""
+        raise NotImplementedError(f"{self.algo} does not learn from rollouts")
 
     @torch.no_grad()
     def act(self, obs, deterministic: bool = True) -> np.ndarray:
@@ -134,12 +242,26 @@ class Agent(nn.Module):
         return self.policy(self.normalize_obs(obs), deterministic)
 
     # ------------------------------------------------------------------ state
+    def state_dict(self, *args, **kwargs):
+        """The module's state without the frozen parts (they are saved as policy files)."""
+        sd = super().state_dict(*args, **kwargs)
+        if not self._frozen:
+            return sd
+        prefixes = tuple(f"{n}." for n in self._frozen)
+        return type(sd)((k, v) for k, v in sd.items() if not k.startswith(prefixes))
+
+    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
+        if self._frozen:
+            prefixes = tuple(f"{n}." for n in self._frozen)
+            own = {k: v for k, v in super().state_dict().items() if k.startswith(prefixes)}
+            state_dict = {**own, **state_dict}
+        return super().load_state_dict(state_dict, strict=strict, assign=assign)
+
     def training_state(self) -> dict[str, Any]:
-        """Everything needed to continue training exactly: weights, optimizers, schedules."""
+        """Everything needed to continue training exactly: weights and optimizers."""
         return {
             "agent": self.state_dict(),
             "optimizers": {k: o.state_dict() for k, o in self.optimizers.items()},
-            "schedulers": {k: s.state_dict() for k, s in self.schedulers.items()},
         }
 
     def load_training_state(self, state: dict[str, Any]) -> None:
@@ -158,8 +280,6 @@ class Agent(nn.Module):
             for group in o.param_groups:  # a tensor lr (in-place schedules) must stay on our device
                 if isinstance(group["lr"], torch.Tensor):
                     group["lr"] = group["lr"].to(self.device)
-        for k, s in self.schedulers.items():
-            s.load_state_dict(state["schedulers"][k])
 
     def _policy_keys(self) -> set[str]:
         keep = set(self.policy_modules) | {"obs_mean", "obs_std"}
@@ -183,8 +303,9 @@ class Agent(nn.Module):
         weights = {k: v.detach().cpu().clone() for k, v in self.state_dict().items() if k in keys}
         ckpt = {"format": CHECKPOINT_FORMAT, "algo": self.algo, "config": config_to_dict(self.cfg),
                 "dims": {"obs_dim": self.obs_dim, "act_dim": self.act_dim}, "agent": weights, "policy": dict(info or {})}
-        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-        save_atomic(ckpt, path)
+        if self._frozen:  # a wrapped base policy travels with the policy that acts through it
+            ckpt["frozen"] = {k: p.policy_file for k, p in self._frozen.items()}
+        save_torch(ckpt, path)
 
     def checkpoint(self, **extra) -> dict[str, Any]:
         ckpt = {
@@ -194,13 +315,14 @@ class Agent(nn.Module):
             "dims": {"obs_dim": self.obs_dim, "act_dim": self.act_dim},
             **self.training_state(),
         }
+        if self._frozen:
+            ckpt["frozen"] = {k: p.policy_file for k, p in self._frozen.items()}
         ckpt.update(extra)
         return ckpt
 
     def save(self, path: str, **extra) -> None:
         """Write a checkpoint (weights, optimizers, config) that :meth:`load` reads back."""
-        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-        save_atomic(self.checkpoint(**extra), path)
+        save_torch(self.checkpoint(**extra), path)
 
     @classmethod
     def from_checkpoint(cls, ckpt: dict, device: str | torch.device | None = None, path: str = "checkpoint"):
@@ -209,7 +331,11 @@ class Agent(nn.Module):
         cfg = config_from_dict(cls.Config, ckpt["config"])
         if device is None:
             device = "cuda" if torch.cuda.is_available() else "cpu"
-        agent = cls(cfg, ckpt["dims"]["obs_dim"], ckpt["dims"]["act_dim"], device=device)
+        token = _LOADING_FROZEN.set(ckpt.get("frozen"))
+        try:
+            agent = cls(cfg, ckpt["dims"]["obs_dim"], ckpt["dims"]["act_dim"], device=device)
+        finally:
+            _LOADING_FROZEN.reset(token)
         try:
             agent.load_training_state(ckpt)
         except OffrlError as e:

@@ -8,8 +8,6 @@ prints one JSON line with ``updates_per_s``. A benchmark, not a test.
 
 from __future__ import annotations
 
-import importlib
-import json
 import time
 
 import numpy as np
@@ -17,26 +15,13 @@ import torch
 
 from offrl.errors import OffrlError
 
-ALGOS = ["iql", "sac", "td3_bc", "prdc", "a2pr", "odice", "cdsa"]
-BENCH_ALGOS = [a for a in ALGOS if a != "cdsa"]  # cdsa corrects a trained base policy: no synthetic bench
 
 
-def load_algo(name: str):
-    """The algorithm module ``offrl.algos.<name>`` (its Config, agent class and train)."""
-    if name not in ALGOS:
-        from offrl.errors import suggest
+def bench_algorithms() -> list[str]:
+    """Registered algorithms ``offrl bench update`` can time on synthetic data."""
+    from offrl.registry import algorithms
 
-        raise OffrlError(f"unknown algorithm '{name}', expected one of {', '.join(ALGOS)}" + suggest(name, ALGOS))
-    return importlib.import_module(f"offrl.algos.{name}")
-
-
-def agent_class(module):
-    from offrl.agent import Agent
-
-    for v in vars(module).values():
-        if isinstance(v, type) and issubclass(v, Agent) and v is not Agent and v.__module__ == module.__name__:
-            return v
-    raise OffrlError(f"{module.__name__} defines no agent class")
+    return [name for name, a in algorithms().items() if a.benchmark]
 
 
 def bench_update(algo: str = "iql", device: str = "cpu", steps: int = 1000, warmup: int = 100, batch_size: int = 256,
@@ -47,14 +32,18 @@ def bench_update(algo: str = "iql", device: str = "cpu", steps: int = 1000, warm
 
     if steps <= 0 or warmup < 0 or batch_size <= 0:
         raise OffrlError("--steps and --batch-size must be positive, --warmup >= 0")
-    module = load_algo(algo)
-    cls = agent_class(module)
+    from offrl.registry import get
+
+    entry = get(algo)
+    if not entry.benchmark:
+        raise OffrlError(f"{algo} cannot be benchmarked on synthetic data")
+    cls = entry.agent
     dev = resolve_device(device)
     if threads:
         torch.set_num_threads(threads)
     set_seed(seed)
     # presets resolve from the dataset id; the default one is a locomotion-style dataset
-    cfg = module.Config(batch_size=batch_size, device=str(dev), compile=compile)
+    cfg = entry.config(batch_size=batch_size, device=str(dev), compile=compile)
     if hasattr(cfg, "steps"):  # offline configs: schedules run over the benchmark's updates
         cfg.steps = steps + warmup
     cfg.resolve(None)
@@ -92,6 +81,3 @@ def bench_update(algo: str = "iql", device: str = "cpu", steps: int = 1000, warm
         "gpu": torch.cuda.get_device_name(dev) if dev.type == "cuda" else None,
     }
 
-
-def print_json(d: dict) -> None:
-    print(json.dumps(d))

@@ -2,6 +2,7 @@
 
     offrl train ALGO [flags]            same flags as `python algos/ALGO.py`
     offrl eval CHECKPOINT [--episodes N] [--video]
+    offrl export CHECKPOINT [--format torchscript|onnx] [--out PATH]
     offrl datasets list | info ID | make ID|PATTERN ... [--force] [--transitions N] [--from-run CKPT]
     offrl bench update --algo iql --device cpu --steps N
     offrl plot RUN [RUN ...] --metric eval/normalized_score --out curves.svg [--labels ...]
@@ -37,13 +38,16 @@ def run_script(cls: type, train, argv: Sequence[str] | None = None, prog: str | 
 
 
 def _train(args: list[str]) -> int:
-    from offrl.bench import ALGOS, load_algo
+    import sys as _sys
+
+    from offrl.registry import algorithms, get
 
     if not args or args[0] in ("-h", "--help"):
-        print(f"usage: offrl train ALGO [flags]   (ALGO: {', '.join(ALGOS)}; `offrl train ALGO --help` lists the flags)")
+        print(f"usage: offrl train ALGO [flags]   (ALGO: {', '.join(algorithms())}; `offrl train ALGO --help` lists the flags)")
         return 0
-    module = load_algo(args[0])
-    run_script(module.Config, module.train, args[1:], prog=f"offrl train {args[0]}", description=module.__doc__)
+    algo = get(args[0])
+    run_script(algo.config, algo.train, args[1:], prog=f"offrl train {args[0]}",
+               description=_sys.modules[algo.agent.__module__].__doc__)
     return 0
 
 
@@ -63,13 +67,13 @@ def _eval(args: list[str]) -> int:
     import os
 
     from offrl.agent import load_checkpoint
-    from offrl.bench import agent_class, load_algo
     from offrl.data import get_info
-    from offrl.evaluation import evaluate
+    from offrl.evaluation import Evaluator
+    from offrl.registry import agent_class
     from offrl.utils import resolve_device
 
     ckpt = load_checkpoint(a.checkpoint)
-    agent = agent_class(load_algo(ckpt["algo"])).from_checkpoint(ckpt, device=resolve_device(a.device), path=a.checkpoint)
+    agent = agent_class(ckpt["algo"]).from_checkpoint(ckpt, device=resolve_device(a.device), path=a.checkpoint)
     dataset_id = ckpt.get("dataset") or ckpt["config"].get("dataset")
     # training stores the evaluation env and reference scores it used; fall back to the registry
     env = dict(ckpt.get("env") or {})
@@ -84,8 +88,10 @@ def _eval(args: list[str]) -> int:
     if env_id is None:
         raise OffrlError(f"no evaluation environment known for dataset '{dataset_id}'; pass --env")
     video = os.path.join(os.path.dirname(os.path.abspath(a.checkpoint)), "eval.mp4") if a.video else None
-    res = evaluate(lambda o: agent.act(o, deterministic=not a.stochastic), env_id, a.episodes, a.seed,
-                   ref_min, ref_max, video_path=video)
+    evaluator = Evaluator(env_id, a.episodes, a.seed, ref_min_score=ref_min, ref_max_score=ref_max,
+                          deterministic=not a.stochastic, video_path=video)
+    evaluator(agent)
+    res = dict(evaluator.last)
     res.update({"checkpoint": a.checkpoint, "algo": ckpt["algo"], "env_id": env_id, "dataset": dataset_id})
     if video:
         res["video"] = video
@@ -93,6 +99,31 @@ def _eval(args: list[str]) -> int:
         print(f"{ckpt['algo']} on {env_id}: return {res['return_mean']:.1f} ± {res['return_std']:.1f}, "
               f"normalized score {res['normalized_score']:.1f} over {a.episodes} episodes", file=sys.stderr)
     print(json.dumps(json_safe(res)))
+    return 0
+
+
+def _export(args: list[str]) -> int:
+    p = argparse.ArgumentParser(prog="offrl export",
+                                description="Write a checkpoint's deterministic policy (raw observations in, actions in "
+                                            "[-1, 1] out, normalization inside) as a standalone TorchScript or ONNX file "
+                                            "that runs without offrl (docs/export.md).")
+    p.add_argument("checkpoint", help="path to a checkpoint.pt or policy file written by training or Agent.save")
+    p.add_argument("--format", default="torchscript", help="torchscript (default) or onnx (needs: pip install 'offrl[export]')")
+    p.add_argument("--out", default=None, help="file to write (default: policy.pt / policy.onnx next to the checkpoint)")
+    a = p.parse_args(args)
+    import os
+
+    from offrl.agent import load_checkpoint
+    from offrl.registry import agent_class
+    from offrl.export import DEFAULT_FILENAMES, check_format, export_policy
+
+    check_format(a.format)
+    ckpt = load_checkpoint(a.checkpoint)
+    agent = agent_class(ckpt["algo"]).from_checkpoint(ckpt, device="cpu", path=a.checkpoint)
+    out = a.out or os.path.join(os.path.dirname(os.path.abspath(a.checkpoint)), DEFAULT_FILENAMES[a.format])
+    path = export_policy(agent, out, a.format)
+    print(json.dumps({"path": path, "format": a.format, "algo": ckpt["algo"],
+                      "obs_dim": agent.obs_dim, "act_dim": agent.act_dim}))
     return 0
 
 
@@ -174,12 +205,12 @@ def _make_targets(ids: list[str], force: bool) -> list[str]:
 
 
 def _bench(args: list[str]) -> int:
-    from offrl.bench import BENCH_ALGOS, bench_update
+    from offrl.bench import bench_algorithms, bench_update
 
     p = argparse.ArgumentParser(prog="offrl bench", description="Benchmarks (print one JSON line).")
     sub = p.add_subparsers(dest="cmd", required=True)
     u = sub.add_parser("update", help="updates/s of an algorithm's update step on a synthetic D4RL-size batch")
-    u.add_argument("--algo", default="iql", choices=BENCH_ALGOS)
+    u.add_argument("--algo", default="iql", choices=bench_algorithms())
     u.add_argument("--device", default="cpu", help="cpu, cuda, auto (default cpu)")
     u.add_argument("--steps", type=int, default=500, help="timed updates (default 500)")
     u.add_argument("--warmup", type=int, default=50, help="untimed updates first (default 50)")
@@ -213,7 +244,7 @@ def _plot(args: list[str]) -> int:
     return 0
 
 
-COMMANDS = {"train": _train, "eval": _eval, "datasets": _datasets, "bench": _bench, "plot": _plot}
+COMMANDS = {"train": _train, "eval": _eval, "export": _export, "datasets": _datasets, "bench": _bench, "plot": _plot}
 
 
 @cli_errors

@@ -38,6 +38,8 @@ class RunConfig:
     """torch CPU threads (0 = torch's default)."""
     progress: bool | None = None
     """Show a progress bar (default: when stderr is a terminal)."""
+    heartbeat_seconds: float = 30.0
+    """Without a progress bar (nohup, cluster jobs): one line to stderr (step, phase, steps/s, ETA, last score) every this many seconds; 0 turns it off."""
 
     def validate(self) -> None:
         """Raise OffrlError for invalid values (extended by algorithm configs)."""
@@ -45,6 +47,7 @@ class RunConfig:
             check(getattr(self, name) > 0, f"--{name.replace('_', '-')} must be positive, got {getattr(self, name)}")
         check(self.eval_every >= 0, f"--eval-every must be >= 0, got {self.eval_every}")
         check(self.threads >= 0, f"--threads must be >= 0, got {self.threads}")
+        check(self.heartbeat_seconds >= 0, f"--heartbeat-seconds must be >= 0, got {self.heartbeat_seconds}")
 
     def resolve(self, dataset) -> None:
         """Fill dataset-dependent defaults (presets) in place; algorithm configs override."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import difflib
 import functools
+import os
 import sys
 from typing import Callable, Iterable, TypeVar
 
@@ -52,6 +53,22 @@ def check(cond: bool, message: str) -> None:
     """Raise :class:`OffrlError` with ``message`` unless ``cond`` holds."""
     if not cond:
         raise OffrlError(message)
+
+
+def check_output_dir(path: str, what: str = "--run-dir") -> None:
+    """Raise :class:`OffrlError` (one line naming ``what`` and ``path``) unless ``path`` is a writable
+    directory or can be created as one: its nearest existing ancestor (``path`` itself if it exists)
+    must be a directory this process may write and enter. Nothing is created."""
+    full = os.path.abspath(os.fspath(path))
+    probe = full
+    while not os.path.lexists(probe) and os.path.dirname(probe) != probe:
+        probe = os.path.dirname(probe)
+    if os.path.isdir(probe) and os.access(probe, os.W_OK | os.X_OK):
+        return
+    problem = "not writable" if os.path.isdir(probe) else "not a directory"
+    if probe != full:
+        problem = f"cannot be created: {probe} is {problem}"
+    raise OffrlError(f"{what} {path}: {problem}")
 
 
 def cli_errors(fn: Callable[..., T]) -> Callable[..., T]:

@@ -1,4 +1,5 @@
-"""Policy evaluation in a vector env with fixed per-episode seeds.
+"""Policy evaluation in a vector env with fixed per-episode seeds, and the :class:`Evaluator`
+every training loop, ``offrl eval`` and CDSA use (cadence, seeds, best tracking).
 
 Episode ``i`` of an evaluation always starts from ``env.reset(seed=seed + i)``, whatever the
 number of parallel envs, so two evaluations of the same policy give the same returns. Episodes
@@ -10,6 +11,10 @@ Hopper-v5, Walker2d-v5 and HalfCheetah-v5 are stepped by :class:`offrl.envs.batc
 (all copies of a wave in one MuJoCo call on every core; its episodes equal Gymnasium's bit for
 bit), other envs by a Gymnasium ``SyncVectorEnv``. For a deterministic policy both give the same
 returns for the same seeds.
+
+Info metrics: an episode counts as a success when ``info["is_success"]`` or ``info["success"]``
+was true at any of its steps (Gymnasium-Robotics, Meta-World); ``success_rate`` is the fraction of
+successful episodes, present only for envs that report either key.
 """
 
 from __future__ import annotations
@@ -20,6 +25,12 @@ from typing import Callable
 import numpy as np
 
 from offrl.errors import OffrlError
+
+EVAL_SEED_OFFSET = 10_000
+"""Evaluation episode i of a training run starts from ``reset(seed=cfg.seed + EVAL_SEED_OFFSET + i)``."""
+COMPARE_SEED_OFFSET = 20_000
+"""Episodes of final comparisons (CDSA's base vs corrected) use ``cfg.seed + COMPARE_SEED_OFFSET + i``."""
+SUCCESS_KEYS = ("is_success", "success")
 
 
 def normalized_score(returns, ref_min: float | None, ref_max: float | None):
@@ -68,36 +79,58 @@ def evaluate(
     if batched is None:
         batched = env_id in SUPPORTED
     if batched:
-        returns, lengths = _run_batched(policy, env_id, episodes, seed, min(episodes, num_envs or 64), kwargs)
+        returns, lengths, success = _run_batched(policy, env_id, episodes, seed, min(episodes, num_envs or 64), kwargs)
     else:
-        returns, lengths = _run_gymnasium(policy, make_vec_env(env_id, min(episodes, num_envs or 10), **kwargs),
-                                          episodes, seed)
+        returns, lengths, success = _run_gymnasium(policy, make_vec_env(env_id, min(episodes, num_envs or 10), **kwargs),
+                                                   episodes, seed)
     if video_path is not None:
         record_video(policy, env_id, video_path, seed=seed, **kwargs)
     scores = normalized_score(returns, ref_min_score, ref_max_score)
-    return {
+    out = {
         "return_mean": float(returns.mean()),
         "return_std": float(returns.std()),
         "normalized_score": float(np.mean(scores)),
         "normalized_score_std": float(np.std(scores)),
         "length_mean": float(lengths.mean()),
-        "returns": returns.tolist(),
-        "lengths": lengths.tolist(),
     }
+    if success is not None:
+        out["success_rate"] = float(success.mean())
+    out.update(returns=returns.tolist(), lengths=lengths.tolist())
+    if success is not None:
+        out["successes"] = success.astype(int).tolist()
+    return out
 
 
-def _wave(policy, obs, step, alive, action_space):
-    """Step until every ``alive`` copy's episode ended; (returns, lengths) per copy (0 where not alive)."""
+def _success_flags(info: dict, n: int) -> np.ndarray | None:
+    """Per-copy success flags of one vector step's ``info`` (None when the env reports none)."""
+    for key in SUCCESS_KEYS:
+        if key in info:
+            flags = np.asarray(info[key], dtype=bool).reshape(-1)
+            mask = np.asarray(info.get(f"_{key}", np.ones(n, bool)), dtype=bool).reshape(-1)
+            return flags & mask
+        final = info.get("final_info")  # the flag of an episode's last step, after a same-step autoreset
+        if isinstance(final, dict) and key in final:
+            return np.asarray(final[key], dtype=bool).reshape(-1) & np.asarray(final.get(f"_{key}", np.ones(n, bool)))
+    return None
+
+
+def _wave(policy, obs, step, alive, action_space, infos: bool = True):
+    """Step until every ``alive`` copy's episode ended; (returns, lengths, successes or None) per
+    copy (0 where not alive). ``infos``: the step's fifth value is Gymnasium's info dict."""
     low, high = action_space.low, action_space.high
     ret = np.zeros(len(alive))
     length = np.zeros(len(alive), dtype=np.int64)
+    success = None
     while alive.any():
         action = np.asarray(policy(obs), dtype=np.float32).reshape(len(alive), -1)
-        obs, rew, term, trunc, _ = step(np.clip(action, low, high))
+        obs, rew, term, trunc, info = step(np.clip(action, low, high))
         ret += np.where(alive, rew, 0.0)
         length += alive
+        flags = _success_flags(info, len(alive)) if infos else None
+        if flags is not None:
+            success = (np.zeros(len(alive), bool) if success is None else success) | (flags & alive)
         alive = alive & ~(term | trunc)
-    return ret, length
+    return ret, length, success
 
 
 def _run_batched(policy, env_id: str, episodes: int, seed: int, width: int, kwargs: dict):
@@ -110,10 +143,10 @@ def _run_batched(policy, env_id: str, episodes: int, seed: int, width: int, kwar
     for start in range(0, episodes, width):
         n = min(width, episodes - start)
         with BatchedLocomotion(env_id, n, seed=seed + start, **kwargs) as venv:
-            ret, length = _wave(policy, venv.obs, venv.step, np.ones(n, dtype=bool), venv.action_space)
+            ret, length, _ = _wave(policy, venv.obs, venv.step, np.ones(n, dtype=bool), venv.action_space, infos=False)
         returns[start : start + n] = ret
         lengths[start : start + n] = length
-    return returns, lengths
+    return returns, lengths, None
 
 
 def _run_gymnasium(policy, venv, episodes: int, seed: int):
@@ -121,17 +154,21 @@ def _run_gymnasium(policy, venv, episodes: int, seed: int):
     width = venv.num_envs
     returns = np.zeros(episodes)
     lengths = np.zeros(episodes, dtype=np.int64)
+    success = None
     try:
         for start in range(0, episodes, width):
             n = min(width, episodes - start)
             seeds = [seed + start + i for i in range(n)] + [seed + episodes + i for i in range(width - n)]
             obs, _ = venv.reset(seed=seeds)
-            ret, length = _wave(policy, obs, venv.step, np.arange(width) < n, venv.single_action_space)
+            ret, length, succ = _wave(policy, obs, venv.step, np.arange(width) < n, venv.single_action_space)
             returns[start : start + n] = ret[:n]
             lengths[start : start + n] = length[:n]
+            if succ is not None:
+                success = np.zeros(episodes, bool) if success is None else success
+                success[start : start + n] = succ[:n]
     finally:
         venv.close()
-    return returns, lengths
+    return returns, lengths, success
 
 
 def record_video(policy, env_id: str, path: str, seed: int = 0, fps: int | None = None, **kwargs) -> str:
@@ -163,3 +200,63 @@ def record_video(policy, env_id: str, path: str, seed: int = 0, fps: int | None 
     imageio.mimsave(tmp, frames, fps=fps)
     os.replace(tmp, path)
     return path
+
+
+class Evaluator:
+    """Evaluation during training: when to run (every ``every`` steps, and at each phase end),
+    which episodes (``seed + i``), deterministic or sampled actions, and the best so far.
+
+    "Best" has one meaning for every algorithm: the highest mean evaluation return of the run
+    (``best_return``) and that evaluation's normalized score (``best_normalized_score``, None
+    without reference scores); both are checkpointed.
+    """
+
+    def __init__(self, env_id: str | None, episodes: int, seed: int, every: int = 0, ref_min_score=None,
+                 ref_max_score=None, deterministic: bool = True, **kwargs):
+        self.env_id, self.episodes, self.seed, self.every = env_id, episodes, seed, every
+        self.ref_min_score, self.ref_max_score = ref_min_score, ref_max_score
+        self.deterministic = deterministic
+        self.kwargs = kwargs
+        self.best_return: float | None = None
+        self.best_normalized_score: float | None = None
+        self.last: dict = {}
+        self.note: str | None = None
+        """Why there is no evaluation (printed at the start of a run), or None."""
+        self.callbacks: list = []
+        """``fn(agent, step, scalars)`` called after every evaluation (e.g. policy snapshots)."""
+
+    @property
+    def enabled(self) -> bool:
+        return self.env_id is not None
+
+    def due(self, prev_step: int, step: int) -> bool:
+        """Whether going from ``prev_step`` to ``step`` passed a multiple of ``every``."""
+        return self.enabled and crossed(prev_step, step, self.every)
+
+    def __call__(self, agent, step: int | None = None) -> dict:
+        """Evaluate ``agent.act`` (or any ``act(obs, deterministic=...)``) at training step
+        ``step``; returns the scalar results."""
+        act = agent.act if hasattr(agent, "act") else agent
+        res = evaluate(lambda o: act(o, deterministic=self.deterministic), self.env_id, self.episodes, self.seed,
+                       self.ref_min_score, self.ref_max_score, **self.kwargs)
+        scalars = {k: v for k, v in res.items() if not isinstance(v, list)}
+        if self.best_return is None or scalars["return_mean"] > self.best_return:
+            self.best_return = scalars["return_mean"]
+            score = scalars["normalized_score"]
+            self.best_normalized_score = score if np.isfinite(score) else None
+        self.last = res
+        for fn in self.callbacks:
+            fn(agent, step, scalars)
+        return scalars
+
+    def state_dict(self) -> dict:
+        return {"best_return": self.best_return, "best_normalized_score": self.best_normalized_score}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.best_return = state.get("best_return")
+        self.best_normalized_score = state.get("best_normalized_score")
+
+
+def crossed(prev: int, step: int, every: int) -> bool:
+    """Whether going from step ``prev`` to ``step`` passed a multiple of ``every`` (0: never)."""
+    return every > 0 and (step // every) > (prev // every)

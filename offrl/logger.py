@@ -1,5 +1,8 @@
 """Run logging: TensorBoard events + ``metrics.jsonl`` + a console progress bar.
 
+Without a terminal (the bar disabled) the logger writes a plain heartbeat line to stderr every
+``heartbeat_seconds`` instead, so a log file or a CI page shows progress, speed and ETA.
+
 Update metrics stay on the device: :class:`MetricAccumulator` sums them with one fused op per
 step and turns them into python floats (one host sync) only when a log line is written.
 """
@@ -28,10 +31,6 @@ class MetricAccumulator:
         self.keys: list[str] | None = None
         self.sums: list[torch.Tensor] = []
         self.counts: list[int] = []
-
-    @property
-    def count(self) -> int:
-        return max(self.counts, default=0)
 
     def add(self, metrics: dict[str, torch.Tensor]) -> None:
         values = [v.detach().float() for v in metrics.values()]
@@ -77,15 +76,35 @@ class MetricAccumulator:
                 self.keys, self.sums = None, []
 
 
+def format_duration(seconds: float) -> str:
+    """``2h52m``, ``4m05s``, ``7s`` (rounded down)."""
+    s = int(seconds)
+    if s >= 3600:
+        return f"{s // 3600}h{s % 3600 // 60:02d}m"
+    if s >= 60:
+        return f"{s // 60}m{s % 60:02d}s"
+    return f"{s}s"
+
+
 class Logger:
     """Writes scalars to TensorBoard and ``metrics.jsonl`` in ``run_dir`` and drives a tqdm bar.
 
     On resume (``start_step > 0``) lines of ``metrics.jsonl`` after ``start_step`` are dropped and
     TensorBoard events after it are purged, so a resumed run's logs equal an uninterrupted run's.
+
+    When the bar is disabled (no TTY, or ``progress=False``), the first :meth:`advance` at least
+    ``heartbeat_seconds`` after the previous record (or the start) writes one line to stderr::
+
+        [desc] step 12000/1000000 (1.2%) | phase offline | 95.3 steps/s | ETA 2h52m | score 45.2
+
+    steps/s over the interval since the previous record, the ETA at that rate, ``phase`` only when
+    set, then the last normalized score, else the last eval return (``return``), else nothing.
+    ``heartbeat_seconds=0`` turns it off. Set ``phase`` (e.g. "offline", "online") to also tag every
+    ``metrics.jsonl`` row with it.
     """
 
     def __init__(self, run_dir: str, total_steps: int, start_step: int = 0, progress: bool | None = None,
-                 desc: str = "train", tensorboard: bool = True):
+                 desc: str = "train", tensorboard: bool = True, heartbeat_seconds: float = 30.0):
         self.run_dir = run_dir
         os.makedirs(run_dir, exist_ok=True)
         self.jsonl_path = os.path.join(run_dir, "metrics.jsonl")
@@ -105,6 +124,10 @@ class Logger:
         self.step = start_step
         self.t0 = time.time()
         self.last_score: float | None = None
+        self.last_return: float | None = None
+        self.phase: str | None = None
+        self.desc, self.total_steps, self.heartbeat_seconds = desc, total_steps, heartbeat_seconds
+        self._beat_time, self._beat_step = time.monotonic(), start_step
 
     def _truncate_jsonl(self, start_step: int) -> None:
         keep = []
@@ -121,16 +144,42 @@ class Logger:
         os.replace(tmp, self.jsonl_path)
 
     def advance(self, step: int) -> None:
-        """Move the progress bar to ``step``."""
+        """Move the progress bar to ``step`` (without a bar: a heartbeat line when one is due)."""
         if step > self.step:
             self.bar.update(step - self.step)
             self.step = step
+        if self.bar.disable and self.heartbeat_seconds > 0:
+            now = time.monotonic()
+            if now - self._beat_time >= self.heartbeat_seconds:
+                self.bar.write(self._heartbeat(now), file=sys.stderr)
+                self._beat_time, self._beat_step = now, self.step
+
+    def _heartbeat(self, now: float) -> str:
+        rate = (self.step - self._beat_step) / (now - self._beat_time)
+        parts = [f"[{self.desc}] step {self.step}/{self.total_steps}"
+                 + (f" ({100.0 * self.step / self.total_steps:.1f}%)" if self.total_steps > 0 else "")]
+        if self.phase is not None:
+            parts.append(f"phase {self.phase}")
+        parts.append(f"{rate:.1f} steps/s")
+        left = max(self.total_steps - self.step, 0)
+        parts.append(f"ETA {format_duration(left / rate)}" if rate > 0 else "ETA ?")
+        if self.last_score is not None:
+            parts.append(f"score {self.last_score:.1f}")
+        elif self.last_return is not None:
+            parts.append(f"return {self.last_return:.1f}")
+        return " | ".join(parts)
+
+    def start_line(self, text: str) -> None:
+        """One line to stderr, TTY or not (e.g. what is trained on which data and device, and where)."""
+        self.bar.write(text, file=sys.stderr)
 
     def log(self, step: int, metrics: dict[str, float], prefix: str = "") -> None:
         """Write ``{prefix}{key}: value`` scalars at ``step`` (NaN/inf written as null in JSON)."""
         if not metrics:
             return
         row: dict[str, Any] = {"step": step}
+        if self.phase is not None:
+            row["phase"] = self.phase
         for k, v in metrics.items():
             key = f"{prefix}{k}"
             v = float(v)
@@ -143,6 +192,8 @@ class Logger:
             self.bar.set_postfix(score=f"{self.last_score:.1f}", refresh=False)
         elif "return_mean" in metrics and self.last_score is None:
             self.bar.set_postfix(ret=f"{metrics['return_mean']:.1f}", refresh=False)
+        if "return_mean" in metrics and math.isfinite(metrics["return_mean"]):
+            self.last_return = float(metrics["return_mean"])
 
     def write(self, message: str) -> None:
         self.bar.write(message)

@@ -301,7 +301,7 @@ class ConditionalVAE(nn.Module):
 
     Encoder (s‖a) → hidden → (μ, log σ) with log σ clamped to [−4, 15]; decoder (s‖z) → hidden →
     ``max_action · tanh``. ``forward`` reconstructs ``a`` through a reparameterized sample
-    z = μ + σ·ε; ``decode`` without z samples z ~ N(0, I) clipped to [−0.5, 0.5].
+    z = μ + σ·ε; ``decode`` maps a given latent z to an action.
     """
 
     def __init__(self, obs_dim: int, act_dim: int, latent_dim: int, hidden: Sequence[int] = (750, 750),
@@ -321,9 +321,7 @@ class ConditionalVAE(nn.Module):
         z = mean + std * torch.randn_like(std)
         return self.decode(obs, z), mean, std
 
-    def decode(self, obs: torch.Tensor, z: torch.Tensor | None = None) -> torch.Tensor:
-        if z is None:
-            z = torch.randn(obs.shape[0], self.latent_dim, device=obs.device).clamp(-0.5, 0.5)
+    def decode(self, obs: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
         return self.max_action * torch.tanh(self.decoder(torch.cat([obs, z], -1)))
 
 

@@ -19,20 +19,36 @@ methods so ``--compile`` captures each without branching on the counter.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
-import numpy as np
 import torch
 
 from offrl.agent import Agent
 from offrl.errors import check
 from offrl.nets import DeterministicActor, EnsembleCritic, soft_update_
+from offrl.preprocess import fill_unset, preset_for, reward_transform
 from offrl.train import OfflineConfig, Prepared
 
 
 @dataclass
 class TD3Config(OfflineConfig):
-    """Fields of every TD3-based offline algorithm (TD3+BC's defaults)."""
+    """Fields of every TD3-based offline algorithm (TD3+BC's defaults).
+
+    A method with per-dataset presets names the fields (``preset_fields``, left None by default)
+    and the table (``presets``: env/domain token → values, ``default_preset``); :meth:`resolve`
+    fills what the command line left unset."""
+
+    preset_fields: ClassVar[tuple[str, ...]] = ()
+    presets: ClassVar[dict[str, tuple]] = {}
+    default_preset: ClassVar[tuple] = ()
+
+    @classmethod
+    def preset_for(cls, dataset_id: str) -> tuple:
+        """The preset values for ``dataset_id`` (in ``preset_fields`` order)."""
+        return preset_for(dataset_id, cls.presets, cls.default_preset)
+
+    def resolve(self, dataset) -> None:
+        fill_unset(self, **dict(zip(self.preset_fields, self.preset_for(self.dataset))))
 
     alpha: float | None = 2.5
     """α of the Q weight λ = α / mean|Q₁(s, π(s))|."""
@@ -73,9 +89,9 @@ class TD3Config(OfflineConfig):
 
 def td3_prepare(cfg: TD3Config, dataset) -> Prepared:
     """Rewards as scale·r + shift; states normalized by the dataset's mean and std + 1e-3."""
-    rewards = (cfg.reward_scale * dataset.rewards + cfg.reward_shift).astype(np.float32)
     mean, std = dataset.state_stats() if cfg.normalize_states else (None, None)
-    return Prepared(rewards=rewards, obs_mean=mean, obs_std=std)
+    return Prepared(reward_fn=reward_transform("affine", scale=cfg.reward_scale, shift=cfg.reward_shift),
+                    obs_mean=mean, obs_std=std)
 
 
 def q_weight(alpha: float, q: torch.Tensor) -> torch.Tensor:
@@ -90,6 +106,9 @@ class TD3Agent(Agent):
 
     def __init__(self, cfg: TD3Config, obs_dim: int, act_dim: int, obs_mean=None, obs_std=None, device="cpu",
                  actor_hidden=None, critic_hidden=None):
+        # the reward presets belong to the data preprocessing (td3_prepare), the rest to the agent
+        unset = [f for f in cfg.preset_fields if getattr(cfg, f) is None and not f.startswith("reward_")]
+        check(not unset, f"{self.algo} config is not resolved ({', '.join(unset)} unset): call cfg.resolve(dataset)")
         super().__init__(cfg, obs_dim, act_dim, obs_mean, obs_std, device)
         actor_hidden = tuple(actor_hidden or cfg.hidden)
         critic_hidden = tuple(critic_hidden or cfg.hidden)
@@ -106,16 +125,10 @@ class TD3Agent(Agent):
         self._critic_update = self.critic_update
         self._extra_update = self.extra_update
         self._actor_step = self.actor_step
-
-    def _init_optimizers(self, **extra: torch.optim.Optimizer) -> None:
-        """Move to the device and create the actor/critic optimizers (call at the end of __init__)."""
         self.to(self.device)
-        fused = dict(fused=True) if self.device.type in ("cpu", "cuda") else {}
-        self.optimizers = {
-            "actor": torch.optim.Adam(self.actor.parameters(), lr=self.cfg.actor_lr, **fused),
-            "critic": torch.optim.Adam(self.critic.parameters(), lr=self.cfg.critic_lr, **fused),
-            **extra,
-        }
+        self.optimizers = {"actor": self.adam(self.actor.parameters(), self.cfg.actor_lr),
+                           "critic": self.adam(self.critic.parameters(), self.cfg.critic_lr)}
+        # a subclass adds its own networks after this, then moves them and adds their optimizers
 
     def policy(self, obs: torch.Tensor, deterministic: bool = True) -> torch.Tensor:
         return self.actor(obs)
@@ -131,17 +144,16 @@ class TD3Agent(Agent):
 
     def critic_targets(self, batch) -> tuple[torch.Tensor, torch.Tensor]:
         """(y, a'): the TD3 target and the smoothed target action it used."""
-        _, _, rew, next_obs, done = batch
-        next_act = self.target_action(next_obs)
+        next_act = self.target_action(batch.next_obs)
         with torch.no_grad():
-            y = rew + self.cfg.discount * (1.0 - done) * self.critic_target(next_obs, next_act).min(0).values
+            next_q = self.critic_target(batch.next_obs, next_act).min(0).values
+            y = batch.rew + self.cfg.discount * (1.0 - batch.done) * next_q
         return y, next_act
 
     def critic_update(self, batch) -> tuple[dict[str, torch.Tensor], torch.Tensor, torch.Tensor]:
         """One TD3 critic update, L_Q = MSE(Q₁, y) + MSE(Q₂, y); returns (metrics, y, a')."""
-        obs, act = batch[0], batch[1]
         y, next_act = self.critic_targets(batch)
-        q = self.critic(obs, act)
+        q = self.critic(batch.obs, batch.act)
         loss = (q - y).square().mean(1).sum()
         opt = self.optimizers["critic"]
         opt.zero_grad(set_to_none=True)

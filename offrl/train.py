@@ -1,13 +1,16 @@
-"""The shared offline training loop: data → buffer → updates → evaluation → logs → checkpoints.
+"""Building offline runs (and their optional online continuation) on the run lifecycle.
 
 Algorithm files subclass :class:`OfflineConfig` for their hyperparameters and call
 :func:`run_offline` with their agent class and dataset preprocessing; everything else (seeding,
-devices, resume, logging, evaluation, checkpoints, bad-input checks) happens here once.
+devices, resume, logging, evaluation, checkpoints, bad-input checks) happens in
+:mod:`offrl.run` once. With ``--online-steps N`` (agents whose method defines an online
+continuation) the offline phase is followed by an online phase in the dataset's environment, the
+dataset kept in the replay buffer (uniform over dataset + online rows) and online rows put into
+the same coordinates (observation normalization, reward transform) as the dataset's.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from dataclasses import dataclass
@@ -18,9 +21,7 @@ import torch
 
 from offrl.agent import Agent, config_to_dict
 from offrl.config import RunConfig, open_resume
-from offrl.errors import OffrlError, check, json_safe
-from offrl.logger import Logger, MetricAccumulator
-from offrl.utils import StopSignals, resolve_device, rng_state, set_rng_state, set_seed
+from offrl.errors import OffrlError, check, check_output_dir
 
 DEFAULT_DATASET = "offrl/hopper/medium-v0"  # built on first use from the shipped medium SAC policy
 
@@ -33,15 +34,23 @@ class OfflineConfig(RunConfig):
     """Dataset id: a D4RL name (hopper-medium-v2), a Minari id (mujoco/hopper/medium-v0) or an offrl id (offrl/...). See `offrl datasets list`."""
     steps: int = 1_000_000
     """Number of gradient steps."""
+    online_steps: int = 0
+    """Offline-to-online: environment steps of an online phase after the offline one, in the dataset's env, the dataset kept in the replay buffer (agents with an online continuation)."""
+    online_updates_per_step: float = 1.0
+    """Offline-to-online: gradient steps per env step in the online phase."""
+    online_learning_starts: int = 0
+    """Offline-to-online: uniform-random actions for this many env steps before the agent acts online (CORL: 0)."""
 
     def validate(self) -> None:
         super().validate()
         check(self.steps > 0, f"--steps must be positive, got {self.steps}")
+        check(self.online_steps >= 0, f"--online-steps must be >= 0, got {self.online_steps}")
+        check(self.online_updates_per_step > 0, f"--online-updates-per-step must be positive, got {self.online_updates_per_step}")
+        check(self.online_learning_starts >= 0, f"--online-learning-starts must be >= 0, got {self.online_learning_starts}")
 
 
-def default_run_dir(algo: str, cfg) -> str:
-    name = cfg.dataset.replace("/", "_")
-    return os.path.join("runs", algo, name, f"seed{cfg.seed}-{time.strftime('%Y%m%d-%H%M%S')}")
+def default_run_dir(algo: str, name: str, seed: int) -> str:
+    return os.path.join("runs", algo, name.replace("/", "_"), f"seed{seed}-{time.strftime('%Y%m%d-%H%M%S')}")
 
 
 def check_dims(dataset, env_id: str | None) -> str | None:
@@ -68,7 +77,10 @@ def check_dims(dataset, env_id: str | None) -> str | None:
 class Prepared:
     """What an algorithm's preprocessing hands the loop."""
 
+    reward_fn: Callable[[np.ndarray], np.ndarray] | None = None
+    """The reward transform (:func:`offrl.preprocess.reward_transform`), applied to dataset and online rewards."""
     rewards: np.ndarray | None = None
+    """Replacement rewards of the dataset rows, already final (e.g. imitation labels)."""
     actions: np.ndarray | None = None
     obs_mean: np.ndarray | None = None
     obs_std: np.ndarray | None = None
@@ -77,124 +89,86 @@ class Prepared:
     fields then refer to its rows. Evaluation still uses the env of ``--dataset``."""
 
 
+def start_run(cfg: RunConfig, algo: str, name: str):
+    """Common start of every run: resume merge, validation, output-dir check (before any work).
+    Returns ``(checkpoint or None, cfg, run_dir)``."""
+    ckpt, cfg = open_resume(cfg, algo)
+    cfg.validate()
+    run_dir = cfg.run_dir or default_run_dir(algo, name, cfg.seed)
+    check_output_dir(run_dir)
+    return ckpt, cfg, run_dir
+
+
+def setup_torch(cfg: RunConfig) -> torch.device:
+    from offrl.utils import resolve_device, set_seed
+
+    device = resolve_device(cfg.device)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    set_seed(cfg.seed)
+    return device
+
+
+def make_evaluator(cfg: RunConfig, env_id: str | None, ref_min, ref_max, note: str | None = None):
+    from offrl.evaluation import EVAL_SEED_OFFSET, Evaluator
+
+    ev = Evaluator(env_id, cfg.eval_episodes, cfg.seed + EVAL_SEED_OFFSET, cfg.eval_every, ref_min, ref_max)
+    ev.note = note
+    return ev
+
+
 def run_offline(
     cfg: OfflineConfig,
     agent_cls: type[Agent],
     prepare: Callable[[OfflineConfig, object], Prepared] | None = None,
 ) -> dict:
-    """Train ``agent_cls`` offline on ``cfg.dataset``; returns a summary dict.
+    """Train ``agent_cls`` offline on ``cfg.dataset`` (then online with ``--online-steps``); returns
+    the summary (:mod:`offrl.run`).
 
-    ``prepare(cfg, dataset)`` returns transformed rewards and observation statistics.
-    Writes ``config.json``, ``metrics.jsonl``, TensorBoard events and ``checkpoint.pt`` to the
-    run directory. With ``cfg.resume`` it continues a run exactly where its checkpoint left off.
+    ``prepare(cfg, dataset)`` returns the reward transform, replaced rows and observation statistics.
+    Writes ``config.json``, ``metrics.jsonl``, TensorBoard events, ``checkpoint.pt`` and
+    ``summary.json`` to the run directory. With ``cfg.resume`` it continues a run exactly.
     """
+    from offrl.buffer import DataTransform, ReplayBuffer
+    from offrl.collector import Collector, ReplaySink
     from offrl.data import load_dataset
-    from offrl.evaluation import evaluate
+    from offrl.run import OfflinePhase, OnlinePhase, Run
 
-    ckpt, cfg = open_resume(cfg, agent_cls.algo)
-    run_dir = cfg.run_dir
-    cfg.validate()
+    ckpt, cfg, run_dir = start_run(cfg, agent_cls.algo, cfg.dataset)
+    if cfg.online_steps and not agent_cls.online_continuation:
+        raise OffrlError(f"{agent_cls.algo} has no online continuation; --online-steps is not available")
 
     # ---------------------------------------------------------------- data (before any output)
     dataset = load_dataset(cfg.dataset)
     cfg.resolve(dataset)
     cfg.validate()
     env_id = check_dims(dataset, dataset.env_id)
-    device = resolve_device(cfg.device)
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
-    set_seed(cfg.seed)
+    if cfg.online_steps and env_id is None:
+        raise OffrlError(f"--online-steps needs the environment of {dataset.id} ({dataset.env_id}), which is not available")
+    device = setup_torch(cfg)
     prep = prepare(cfg, dataset) if prepare else Prepared()
     if prep.dataset is not None:
         dataset = prep.dataset
-    from offrl.buffer import ReplayBuffer
-
-    buffer = ReplayBuffer.from_dataset(dataset, device, seed=cfg.seed, rewards=prep.rewards, actions=prep.actions,
-                                       obs_mean=prep.obs_mean, obs_std=prep.obs_std)
+    transform = DataTransform(prep.obs_mean, prep.obs_std, prep.reward_fn)
+    buffer = ReplayBuffer.from_dataset(dataset, device, seed=cfg.seed, capacity=len(dataset) + cfg.online_steps,
+                                       transform=transform, rewards=prep.rewards, actions=prep.actions)
     agent = agent_cls(cfg, dataset.obs_dim, dataset.act_dim, prep.obs_mean, prep.obs_std, device=device)
-    acc = MetricAccumulator()
-    start = 0
-    best = None
-    if ckpt is not None:
-        agent.load_training_state(ckpt)
-        train_state = ckpt["train"]
-        start = int(train_state["step"])
-        buffer.load_state_dict(train_state["buffer"])
-        acc.load_state_dict(train_state["metrics"], device)
-        set_rng_state(train_state["rng"])
-        best = train_state.get("best")
-        if start >= cfg.steps:
-            raise OffrlError(f"{cfg.resume} is already at step {start} >= --steps {cfg.steps}")
-    agent.setup_data(buffer)
-    update = agent.compiled_update() if cfg.compile else agent.update
 
-    # ---------------------------------------------------------------- outputs
-    run_dir = run_dir or default_run_dir(agent_cls.algo, cfg)
-    os.makedirs(run_dir, exist_ok=True)
-    meta = {"algo": agent_cls.algo, "config": config_to_dict(cfg), "dataset": dataset.summary(),
-            "env_id": env_id, "device": str(device), "torch": torch.__version__}
-    with open(os.path.join(run_dir, "config.json.tmp"), "w") as f:
-        json.dump(json_safe(meta), f, indent=2)
-    os.replace(os.path.join(run_dir, "config.json.tmp"), os.path.join(run_dir, "config.json"))
-    logger = Logger(run_dir, cfg.steps, start, cfg.progress, desc=f"{agent_cls.algo} {cfg.dataset}")
-    ckpt_path = os.path.join(run_dir, "checkpoint.pt")
+    phases = [OfflinePhase(cfg.steps, buffer, cfg.batch_size)]
+    if cfg.online_steps:
+        phases.append(OnlinePhase(cfg.online_steps, buffer, lambda: Collector(env_id, 1, cfg.seed, [ReplaySink(buffer)]),
+                                  cfg.batch_size, cfg.online_learning_starts, cfg.online_updates_per_step))
     ref_min = dataset.metadata.get("ref_min_score")
     ref_max = dataset.metadata.get("ref_max_score")
+    note = None
     if env_id is None:
         why = "is not installed" if dataset.env_id else "is not known"
-        logger.write(f"note: the evaluation env of {dataset.id} ({dataset.env_id}) {why}; training without evaluation")
-
-    def do_eval(step: int) -> dict:
-        nonlocal best
-        t = time.time()
-        res = evaluate(agent.act, env_id, cfg.eval_episodes, seed=cfg.seed + 10_000,
-                       ref_min_score=ref_min, ref_max_score=ref_max)
-        scalars = {k: v for k, v in res.items() if not isinstance(v, list)}
-        scalars["seconds"] = time.time() - t
-        logger.log(step, scalars, prefix="eval/")
-        key = scalars["normalized_score"] if np.isfinite(scalars["normalized_score"]) else scalars["return_mean"]
-        if best is None or key > best:
-            best = key
-        return res
-
-    def save(step: int) -> None:
-        train_state = {"step": step, "buffer": buffer.state_dict(include_data=False), "metrics": acc.state_dict(),
-                       "rng": rng_state(), "best": best}
-        agent.save(ckpt_path, train=train_state, dataset=dataset.id,
-                   env={"env_id": env_id, "ref_min_score": ref_min, "ref_max_score": ref_max})
-
-    last_eval: dict = {}
-    t_start = time.time()
-    agent.train()
-    try:
-        with StopSignals() as stop:
-            for step in range(start + 1, cfg.steps + 1):
-                metrics = update(buffer.sample(cfg.batch_size))
-                acc.add(metrics)
-                if step % cfg.log_every == 0 or step == cfg.steps:
-                    logger.log(step, acc.pop(), prefix="train/")
-                    logger.advance(step)
-                if env_id is not None and ((cfg.eval_every and step % cfg.eval_every == 0) or step == cfg.steps):
-                    last_eval = do_eval(step)
-                if stop.save_now() or step % cfg.checkpoint_every == 0 or step == cfg.steps or stop.requested:
-                    save(step)
-                    logger.flush()
-                if stop.requested and step < cfg.steps:
-                    raise stop.interrupted(step, ckpt_path)
-    finally:
-        logger.close()
-    summary = {
-        "algo": agent_cls.algo,
-        "dataset": dataset.id,
-        "steps": cfg.steps,
-        "run_dir": run_dir,
-        "checkpoint": ckpt_path,
-        "seconds": time.time() - t_start,
-        "final_return": last_eval.get("return_mean"),
-        "final_normalized_score": last_eval.get("normalized_score"),
-        "best": best,
-    }
-    summary = json_safe(summary)
-    with open(os.path.join(run_dir, "summary.json"), "w") as f:
-        json.dump(summary, f, indent=2)
-    return summary
+        note = f"note: the evaluation env of {dataset.id} ({dataset.env_id}) {why}; training without evaluation"
+    meta = {"algo": agent_cls.algo, "config": config_to_dict(cfg), "dataset": dataset.summary(), "env_id": env_id,
+            "device": str(device), "torch": torch.__version__}
+    run = Run(cfg, agent, phases, make_evaluator(cfg, env_id, ref_min, ref_max, note), run_dir, meta,
+              parts={"buffer": buffer}, ckpt=ckpt, desc=f"{agent_cls.algo} {cfg.dataset}",
+              checkpoint_extra={"dataset": dataset.id,
+                                "env": {"env_id": env_id, "ref_min_score": ref_min, "ref_max_score": ref_max}},
+              summary_extra={"algo": agent_cls.algo, "dataset": dataset.id, "env": env_id})
+    return run.execute()

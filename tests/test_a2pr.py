@@ -1,5 +1,6 @@
 """A2PR: V target, masked VAE loss and the advantage-chosen constraint against hand computations
-(numpy, float64) on tiny nets, the 0/1/2 weighting, gradients through the VAE, presets."""
+(numpy, float64) on tiny nets, the 0/mask weighting (official bool + bool: an OR), gradients through
+the VAE, presets."""
 
 import numpy as np
 import pytest
@@ -67,11 +68,11 @@ def test_value_and_vae_losses_by_hand():
 
 
 def test_actor_loss_by_hand_and_weights():
+    """Rows forced into each case of (Q₁(s, ã) ≥ V, Q₁(s, a) > V): neither, only ã, only a, both
+    (twice, once with each target). The weight is mask where either holds — never 2·mask."""
     agent = tiny_agent(seed=4)
     batch = tiny_batch(seed=5)
     s, a = np_batch(batch)[:2]
-    v = np_value(agent.value, s) + np.array([-9.0, 9.0, 0.0, 0.0, -9.0, 9.0])  # force every weight case
-    q_data = np_critic(agent.critic, s, a)[0]
     pi = np_actor(agent, s)
     q_pi = np_critic(agent.critic, s, pi)[0]
     lam = 2.5 / np.abs(q_pi).mean()
@@ -79,16 +80,26 @@ def test_actor_loss_by_hand_and_weights():
     eps = torch.randn(6, 4).double().numpy()
     recon_pi, _, _ = np_vae(agent.vae, s, pi, eps)
     q_recon = np_critic(agent.critic, s, recon_pi)[0]
-    use_recon = (q_recon - v) >= (q_data - v)
+    # V and Q₁(s, a) placed around Q₁(s, ã), margins far above float32 rounding
+    v = q_recon + np.array([1.0, -1.0, 1.0, -1.0, -2.0, 1.0])
+    q_data = q_recon + np.array([0.5, -2.0, 2.0, 1.0, -1.0, -1.0])
+    # rows:          neither  only ã  only a  both  both  neither
+    weight = np.array([0.0,    0.4,    0.4,    0.4,  0.4,  0.0])
+    use_recon = np.array([False, True, False, False, True, True])  # A_π ≥ A_D, i.e. Q₁(s, ã) ≥ Q₁(s, a)
     target = np.where(use_recon[:, None], recon_pi, a)
-    weight = 0.4 * ((q_recon >= v).astype(float) + (q_data > v).astype(float))
-    expected = -lam * q_pi.mean() + (weight[:, None] * (pi - target) ** 2).mean()
+    sq = ((pi - target) ** 2).mean(1)
+    constraint = (weight * sq).mean()
+    expected = -lam * q_pi.mean() + constraint
+    doubled = -lam * q_pi.mean() + (np.array([0.0, 0.4, 0.4, 0.8, 0.8, 0.0]) * sq).mean()
+    assert abs(doubled - expected) > 1e-3 * abs(expected)  # the test tells the two rules apart
     aux = (torch.as_tensor(v, dtype=torch.float32), torch.as_tensor(q_data, dtype=torch.float32))
     torch.manual_seed(3)
     loss, m = agent.actor_loss(batch, aux)
     assert loss.item() == pytest.approx(expected, rel=1e-4)
-    assert m["weight_mean"].item() == pytest.approx(weight.mean(), rel=1e-5)
-    assert set(np.round(weight / 0.4).astype(int)) >= {0, 2}  # no constraint where neither beats V; double where both
+    assert m["constraint_loss"].item() == pytest.approx(constraint, rel=1e-4)
+    assert m["weight_mean"].item() == pytest.approx(0.4 * 4 / 6, rel=1e-6)
+    assert m["recon_chosen"].item() == pytest.approx(3 / 6)
+    assert m["lambda"].item() == pytest.approx(lam, rel=1e-5)
 
 
 def test_constraint_gradient_flows_through_the_vae_reconstruction():

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import gymnasium as gym
 import minari
 import numpy as np
@@ -260,3 +262,56 @@ def test_writer_matches_minaris_own_writer():
     finally:
         for f in files:
             f.close()
+
+
+# ----------------------------------------------------------------------------- unusable Minari root
+SCRIPTED = "offrl/invertedpendulum/scripted-v0"
+
+
+def test_unusable_minari_root_fails_before_building(tmp_path, monkeypatch):
+    """MINARI_DATASETS_PATH at a regular file (or below one): one line naming it, before a single
+    transition is collected (not after the whole build, when the write fails)."""
+    from offrl.data import builtin
+
+    def collect(*a, **k):
+        raise AssertionError("collected before checking the Minari root")
+
+    monkeypatch.setattr(builtin, "collect_scripted", collect)
+    blocker = tmp_path / "minari-file"
+    blocker.write_text("")
+    monkeypatch.setenv("MINARI_DATASETS_PATH", str(blocker))
+    with pytest.raises(OffrlError) as err:
+        load_dataset(SCRIPTED)
+    assert str(err.value) == f"MINARI_DATASETS_PATH {blocker}: not a directory"
+    monkeypatch.setenv("MINARI_DATASETS_PATH", str(blocker / "datasets"))
+    with pytest.raises(OffrlError) as err:
+        load_dataset(SCRIPTED)
+    assert str(err.value) == f"MINARI_DATASETS_PATH {blocker / 'datasets'}: cannot be created: {blocker} is not a directory"
+    assert blocker.read_text() == "" and sorted(p.name for p in tmp_path.iterdir()) == sorted(["minari-file", "d4rl", "minari"])
+    # the writer itself (called after collecting) still reports a root it cannot write in one line
+    from offrl.data.writer import write_minari_dataset
+
+    ep = {"observations": np.zeros((3, 4), np.float32), "actions": np.zeros((2, 1), np.float32),
+          "rewards": np.zeros(2, np.float32), "terminations": np.array([False, True]), "truncations": np.zeros(2, bool)}
+    with pytest.raises(OffrlError, match="^cannot write datasets under " + re.escape(f"{blocker / 'datasets'}: ")):
+        write_minari_dataset("test/w/x-v0", [ep], "InvertedPendulum-v5", action_space=gym.spaces.Box(-1, 1, (1,), np.float32))
+
+
+def test_unusable_minari_root_through_the_cli(tmp_path):
+    """``python algos/iql.py`` with MINARI_DATASETS_PATH at a regular file: exit 2, one stderr line."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from test_cli import assert_one_line_error
+
+    repo = Path(__file__).resolve().parents[1]
+    blocker = tmp_path / "minari-file"
+    blocker.write_text("")
+    env = dict(os.environ, MINARI_DATASETS_PATH=str(blocker), D4RL_DATASET_DIR=str(tmp_path / "d4rl"))
+    proc = subprocess.run([sys.executable, "algos/iql.py", "--dataset", SCRIPTED, "--run-dir", str(tmp_path / "run"),
+                           "--progress", "False"], cwd=repo, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2, proc.stderr
+    assert_one_line_error(proc.returncode, proc.stderr, f"MINARI_DATASETS_PATH {blocker}: not a directory")
+    assert proc.stdout == ""

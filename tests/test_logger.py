@@ -1,15 +1,19 @@
-"""Logging: metric averaging on the device, metrics.jsonl rows, TensorBoard events, resume truncation."""
+"""Logging: metric averaging on the device, metrics.jsonl rows, TensorBoard events, resume truncation,
+the phase tag, the start line and the no-TTY heartbeat (on a fake clock)."""
 
 from __future__ import annotations
 
 import json
 import math
+import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
 
-from offrl.logger import Logger, MetricAccumulator
+import offrl.logger
+from offrl.logger import Logger, MetricAccumulator, format_duration
 
 
 def read_jsonl(path: Path) -> list[dict]:
@@ -161,3 +165,93 @@ def test_accumulator_load_state_does_not_alias_the_source():
     acc.add({"a": torch.tensor(3.0)})
     assert acc.pop() == pytest.approx({"a": 2.0})
     assert restored.pop() == pytest.approx({"a": 3.0})
+
+
+# ----------------------------------------------------------------------------- phase, start line, heartbeat
+def test_rows_carry_phase_only_when_set(tmp_path):
+    log = Logger(str(tmp_path), total_steps=10, progress=False, tensorboard=False)
+    log.log(1, {"x": 1.0})
+    log.phase = "offline"
+    log.log(2, {"x": 2.0}, prefix="train/")
+    log.phase = "online"
+    log.log(3, {"return_mean": 5.0}, prefix="eval/")
+    log.phase = None
+    log.log(4, {"x": 4.0})
+    log.close()
+    rows = read_jsonl(tmp_path / "metrics.jsonl")
+    assert rows == [{"step": 1, "x": 1.0}, {"step": 2, "phase": "offline", "train/x": 2.0},
+                    {"step": 3, "phase": "online", "eval/return_mean": 5.0}, {"step": 4, "x": 4.0}]
+    assert [list(r)[:2] for r in rows[1:3]] == [["step", "phase"], ["step", "phase"]]  # right after "step"
+
+
+def test_start_line_goes_to_stderr(tmp_path, capsys):
+    log = Logger(str(tmp_path), total_steps=10, progress=False, tensorboard=False)
+    log.start_line("iql | dataset offrl/hopper/medium-v0 (1,000,000 transitions) | device cpu | run runs/x")
+    log.close()
+    out = capsys.readouterr()
+    assert out.err == "iql | dataset offrl/hopper/medium-v0 (1,000,000 transitions) | device cpu | run runs/x\n"
+    assert out.out == ""
+
+
+@pytest.fixture
+def clock(monkeypatch):
+    """The logger's time.monotonic, set by hand (``clock.t``): no sleeping, no real time."""
+    fake = SimpleNamespace(t=0.0)
+    monkeypatch.setattr(offrl.logger, "time", SimpleNamespace(monotonic=lambda: fake.t, time=time.time))
+    return fake
+
+
+def test_heartbeat_without_a_bar(tmp_path, clock, capsys):
+    log = Logger(str(tmp_path), total_steps=1_000_000, start_step=2000, progress=False, desc="iql hopper",
+                 tensorboard=False, heartbeat_seconds=30.0)
+    log.phase = "offline"
+    log.log(2000, {"return_mean": 1000.0, "normalized_score": 45.2}, prefix="eval/")
+    clock.t = 20.0
+    log.advance(4000)  # 20 s since the start: not due yet
+    assert capsys.readouterr().err == ""
+    clock.t = 40.0
+    log.advance(5812)  # 3812 steps in 40 s = 95.3/s; 994188 left → 10432 s
+    assert capsys.readouterr().err == \
+        "[iql hopper] step 5812/1000000 (0.6%) | phase offline | 95.3 steps/s | ETA 2h53m | score 45.2\n"
+    clock.t = 50.0
+    log.advance(6000)  # 10 s since that record
+    assert capsys.readouterr().err == ""
+    log.phase = None
+    clock.t = 70.0
+    log.advance(8812)  # the rate over the interval since the last record: 3000 steps in 30 s
+    assert capsys.readouterr().err == "[iql hopper] step 8812/1000000 (0.9%) | 100.0 steps/s | ETA 2h45m | score 45.2\n"
+    log.close()
+
+
+def test_heartbeat_falls_back_to_the_eval_return_and_handles_a_stall(tmp_path, clock, capsys):
+    log = Logger(str(tmp_path), total_steps=1000, progress=False, desc="sac", tensorboard=False, heartbeat_seconds=10.0)
+    clock.t = 10.0
+    log.advance(250)
+    assert capsys.readouterr().err == "[sac] step 250/1000 (25.0%) | 25.0 steps/s | ETA 30s\n"  # no score, no return
+    log.log(250, {"return_mean": 12.34, "normalized_score": math.nan}, prefix="eval/")
+    clock.t = 25.0
+    log.advance(250)  # no progress in 15 s
+    assert capsys.readouterr().err == "[sac] step 250/1000 (25.0%) | 0.0 steps/s | ETA ? | return 12.3\n"
+    log.close()
+
+
+def test_no_heartbeat_when_turned_off(tmp_path, clock, capsys):
+    log = Logger(str(tmp_path), total_steps=1000, progress=False, tensorboard=False, heartbeat_seconds=0)
+    for i in range(1, 6):
+        clock.t = 1000.0 * i
+        log.advance(100 * i)
+    log.close()
+    assert capsys.readouterr().err == ""
+
+
+def test_no_heartbeat_with_a_bar(tmp_path, clock, capsys):
+    log = Logger(str(tmp_path), total_steps=1000, progress=True, desc="bar", tensorboard=False, heartbeat_seconds=1.0)
+    clock.t = 100.0
+    log.advance(500)
+    log.close()
+    assert "[bar] step" not in capsys.readouterr().err
+
+
+def test_format_duration():
+    assert [format_duration(x) for x in (0, 7.9, 65, 3599, 3600, 10432.2, 90000)] == \
+           ["0s", "7s", "1m05s", "59m59s", "1h00m", "2h53m", "25h00m"]

@@ -125,7 +125,7 @@ def test_medium_replay_from_run_and_rerun(policies, tmp_path):
     recipes.build(get_info("offrl/hopper/medium-replay-v0"), from_run=str(ckpt_path), progress=False)
     eps = list(_minari("offrl/hopper/medium-replay-v0").iterate_episodes())
     ck = torch.load(ckpt_path, weights_only=True)
-    data = ck["train"]["buffer"]["data"].numpy()
+    data = ck["train"]["parts"]["buffer"]["data"].numpy()
     assert sum(len(ep.actions) for ep in eps) == 1400
     np.testing.assert_array_equal(np.concatenate([ep.actions for ep in eps]), data[:, 11:14])
     np.testing.assert_array_equal(np.concatenate([ep.observations[:-1] for ep in eps]), data[:, :11])
@@ -207,22 +207,32 @@ def test_make_bad_transitions_and_from_run(policies, capsys):
     assert_one_line_error(code, err, "--from-run applies to the medium-replay datasets only")
 
 
+def _no_collecting(monkeypatch):
+    """The Minari root is checked before any episode is collected."""
+    def collect(*a, **k):
+        raise AssertionError("collected before checking the Minari root")
+
+    monkeypatch.setattr(recipes, "collect_episodes", collect)
+
+
 @pytest.mark.skipif(hasattr(os, "geteuid") and os.geteuid() == 0, reason="root can write anywhere")
-def test_make_unwritable_root(policies, data_dirs, capsys):
+def test_make_unwritable_root(policies, data_dirs, monkeypatch, capsys):
+    _no_collecting(monkeypatch)
     data_dirs.minari.chmod(0o500)
     try:
         code, _, err = cli_main(["datasets", "make", "offrl/hopper/random-v0", "--transitions", "100"], capsys)
     finally:
         data_dirs.minari.chmod(0o700)
-    assert_one_line_error(code, err, "cannot write datasets under")
+    assert_one_line_error(code, err, f"MINARI_DATASETS_PATH {data_dirs.minari}: not writable")
 
 
 def test_unwritable_root_as_root(policies, tmp_path, monkeypatch, capsys):
+    _no_collecting(monkeypatch)
     blocker = tmp_path / "a-file"
     blocker.write_text("x")
     monkeypatch.setenv("MINARI_DATASETS_PATH", str(blocker / "datasets"))  # a path below a file
     code, _, err = cli_main(["datasets", "make", "offrl/hopper/random-v0", "--transitions", "100"], capsys)
-    assert_one_line_error(code, err, "cannot write datasets under")
+    assert_one_line_error(code, err, f"MINARI_DATASETS_PATH {blocker / 'datasets'}: cannot be created: {blocker} is not a directory")
 
 
 def test_interrupted_build_leaves_nothing(policies, data_dirs, monkeypatch):

@@ -14,7 +14,7 @@ from offrl.algos import sac
 from offrl.algos.sac import SAC, Config
 from offrl.buffer import Batch, ReplayBuffer
 from offrl.data.builtin import GAINS
-from offrl.online import Collector
+from offrl.collector import Collector, ReplaySink
 
 
 def _agent(**kw) -> SAC:
@@ -62,11 +62,11 @@ def test_target_entropy_default_and_fixed_alpha():
 
 
 def test_collector_truncation_is_not_termination():
-    col = Collector("InvertedPendulum-v5", 1, seed=0, max_episode_steps=5)
     buf = ReplayBuffer(4, 1, 100)
+    col = Collector("InvertedPendulum-v5", 1, seed=0, sinks=[ReplaySink(buf)], max_episode_steps=5)
     first_obs = [col.obs[0].copy()]
     for _ in range(12):
-        col.step(np.clip(col.obs @ GAINS, -1, 1)[:, None].astype(np.float32), buf)
+        col.step(lambda obs: (np.clip(obs @ GAINS, -1, 1)[:, None].astype(np.float32), {}))
         first_obs.append(col.obs[0].copy())
     col.close()
     b = buf.batch(torch.arange(12))
@@ -114,7 +114,7 @@ def test_exact_resume_with_buffer_and_env_state(tmp_path, monkeypatch):
     assert a["train"]["step"] == b["train"]["step"] == 400
     for k, v in a["agent"].items():
         assert torch.equal(v, b["agent"][k]), k
-    assert torch.equal(a["train"]["buffer"]["data"], b["train"]["buffer"]["data"])
+    assert torch.equal(a["train"]["parts"]["buffer"]["data"], b["train"]["parts"]["buffer"]["data"])
     assert _rows(tmp_path / "full") == _rows(tmp_path / "cut")
 
 
@@ -140,7 +140,7 @@ def test_script_help_and_cli_run(tmp_path, capsys):
                  "--hidden", "16", "16", "--batch-size", "16", "--eval-every", "0", "--eval-episodes", "1",
                  "--log-every", "20", "--progress", "False", "--run-dir", str(run_dir)]) == 0
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    assert summary["total_steps"] == 60 and summary["updates"] == 30
+    assert summary["steps"] == 60 and summary["updates"] == 30
     assert (run_dir / "checkpoint.pt").exists() and list(run_dir.glob("events.out.tfevents*"))
     agent = SAC.load(str(run_dir / "checkpoint.pt"), device="cpu")
     assert agent.act(np.zeros(4)).shape == (1,)
@@ -164,7 +164,7 @@ def test_record_and_snapshots_do_not_change_training(tmp_path):
     b = torch.load(rec["checkpoint"], weights_only=True)
     for k in a["agent"]:
         assert torch.equal(a["agent"][k], b["agent"][k]), k
-    assert torch.equal(a["train"]["buffer"]["data"], b["train"]["buffer"]["data"])
-    assert "record" in b["train"] and len(b["train"]["record"]["logp"]) == 1100
+    assert torch.equal(a["train"]["parts"]["buffer"]["data"], b["train"]["parts"]["buffer"]["data"])
+    assert "record" in b["train"]["parts"] and len(b["train"]["parts"]["record"]["logp"]) == 1100
     assert sorted(p.name for p in (tmp_path / "rec" / "snapshots").iterdir()) == \
         ["step00000000.pt", "step00000550.pt", "step00001100.pt"]

@@ -88,7 +88,7 @@ def test_sigint_stops_online_run_mid_episode_and_resumes_exactly(tmp_path, monke
     monkeypatch.setattr(logger_mod.MetricAccumulator, "add", original)
     sac.train(sac.Config(resume=str(tmp_path / "cut" / "checkpoint.pt"), progress=False, threads=1))
     a, b = _same_weights(tmp_path / "full", tmp_path / "cut")
-    assert torch.equal(a["train"]["buffer"]["data"], b["train"]["buffer"]["data"])
+    assert torch.equal(a["train"]["parts"]["buffer"]["data"], b["train"]["parts"]["buffer"]["data"])
     assert _rows(tmp_path / "full") == _rows(tmp_path / "cut")
 
 
@@ -114,8 +114,10 @@ def test_cli_exit_code_and_one_line(use_scripted, tmp_path, monkeypatch, capsys)
               "--eval-every", "0", "--eval-episodes", "1", "--progress", "False", "--run-dir", str(tmp_path / "r")])
     assert e.value.code == 143
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith("offrl: stopped by SIGTERM at step 7: checkpoint saved to ")
-    assert f"--resume {tmp_path / 'r' / 'checkpoint.pt'}" in err[0]
+    # the run's start line, then one line for the stop
+    assert len(err) == 2 and err[0].startswith("iql | dataset ") and f"run {tmp_path / 'r'}" in err[0]
+    assert err[1].startswith("offrl: stopped by SIGTERM at step 7: checkpoint saved to ")
+    assert f"--resume {tmp_path / 'r' / 'checkpoint.pt'}" in err[1]
 
 
 def test_second_ctrl_c_interrupts_at_once():

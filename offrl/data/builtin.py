@@ -72,8 +72,10 @@ def build_scripted(info: DatasetInfo | None = None, force: bool = False, num_tra
                    seed: int = 0) -> str:
     import gymnasium as gym
 
+    from offrl.data.minari_io import check_minari_root
     from offrl.data.writer import write_minari_dataset
 
+    check_minari_root()  # before collecting: a bad MINARI_DATASETS_PATH fails at once
     episodes = collect_scripted(num_transitions, seed)
     box = gym.spaces.Box(-1.0, 1.0, (1,), np.float32)
     return write_minari_dataset(

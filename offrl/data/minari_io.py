@@ -21,7 +21,7 @@ import gymnasium as gym
 import numpy as np
 
 from offrl.data.dataset import Dataset
-from offrl.errors import OffrlError
+from offrl.errors import OffrlError, check_output_dir
 
 if TYPE_CHECKING:
     from offrl.data.registry import DatasetInfo
@@ -34,6 +34,16 @@ def minari_root() -> Path:
     ``~/.minari/datasets``."""
     root = os.environ.get("MINARI_DATASETS_PATH")
     return Path(root) if root is not None else Path.home() / ".minari" / "datasets"
+
+
+def check_minari_root() -> Path:
+    """The Minari root, after checking it is a writable directory or can be created as one (see
+    :func:`~offrl.errors.check_output_dir`; nothing is created). Builders call this before
+    collecting anything, so a bad ``$MINARI_DATASETS_PATH`` fails at once, not after the build."""
+    root = minari_root()
+    what = "MINARI_DATASETS_PATH" if "MINARI_DATASETS_PATH" in os.environ else "the Minari root (MINARI_DATASETS_PATH unset)"
+    check_output_dir(str(root), what=what)
+    return root
 
 
 def minari_path(dataset_id: str) -> Path:
@@ -261,4 +271,4 @@ def load_minari(info: DatasetInfo, download: bool | None = None) -> Dataset:
 
 
 __all__ = ["minari_root", "minari_path", "minari_present", "flatten_batch", "episodes_to_arrays", "load_minari",
-           "cache_episodes"]
+           "cache_episodes", "check_minari_root"]

@@ -197,10 +197,11 @@ def episodes_from_run(ckpt: dict, steps: int | None = None) -> list[dict]:
     """Episodes of the first ``steps`` env steps of a SAC run trained with ``--record``
     (its replay buffer in time order plus the recorded D4RL fields)."""
     t = ckpt.get("train", {})
-    rec = t.get("record")
+    parts = t.get("parts", t)  # checkpoints before the run lifecycle kept the parts at the top
+    rec = parts.get("record")
     if rec is None:
         raise OffrlError("the run was not trained with --record; it has no D4RL fields to write a dataset from")
-    data = t["buffer"]["data"].numpy()
+    data = parts["buffer"]["data"].numpy()
     obs_dim, act_dim = ckpt["dims"]["obs_dim"], ckpt["dims"]["act_dim"]
     n = len(rec["logp"]) if steps is None else int(steps)
     if n > len(rec["logp"]) or n > len(data):
@@ -293,6 +294,7 @@ def build(info: DatasetInfo, force: bool = False, num_transitions: int | None = 
     """Build the recipe dataset ``info.id`` (the registry's builder hook)."""
     import gymnasium as gym
 
+    from offrl.data.minari_io import check_minari_root
     from offrl.data.registry import is_present
     from offrl.data.writer import write_minari_dataset
     from offrl.envs import reference_scores
@@ -302,6 +304,7 @@ def build(info: DatasetInfo, force: bool = False, num_transitions: int | None = 
     n = NUM_TRANSITIONS if num_transitions is None else int(num_transitions)
     if n < 1:
         raise OffrlError(f"num_transitions must be positive, got {n}")
+    check_minari_root()  # before collecting (minutes for the full sizes): a bad MINARI_DATASETS_PATH fails at once
     t0 = time.time()
     extra: dict = {"recipe": kind, "protocol": "d4rl", "num_transitions_target": n}
     if kind in POLICY_LEVELS:

@@ -1,0 +1,160 @@
+"""Any-percent behaviour cloning: BC and "x % BC" (after CORL's algorithms/offline/any_percent_bc.py).
+
+A deterministic actor regresses the dataset's actions on (normalized) states:
+
+    π(s) = tanh(MLP(s))                              (2×256 ReLU; max_action 1, offrl's unit box)
+    L_π  = mean_{B, dims} (π(s) − a)²                (F.mse_loss)
+
+``--frac f`` < 1 trains on the best trajectories only ("10 % BC" is ``--frac 0.1``). The data is cut
+into trajectories at terminals, at the dataset's episode ends (timeouts) and every
+``--max-episode-steps`` rows; each trajectory τ is ranked by its discounted return
+
+    G(τ) = Σ_{t=0}^{|τ|−1} γ^t r_t                   (t counted from τ's first row, γ = --discount)
+
+and the top max(1, int(f · n_trajectories)) trajectories (highest G first) are kept. The states are
+normalized by the mean and std (+1e-3) of the kept rows, in training and evaluation alike.
+Adam 3e-4, batch 256, 1M steps, evaluation every 5000 steps over 10 episodes (CORL's defaults).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from offrl.agent import Agent
+from offrl.data.dataset import Dataset
+from offrl.errors import check
+from offrl.nets import DeterministicActor
+from offrl.registry import Algorithm, register
+from offrl.train import OfflineConfig, Prepared
+
+
+@dataclass
+class Config(OfflineConfig):
+    """Behaviour cloning with an MSE loss; --frac < 1 keeps only the best trajectories (CORL's any-percent BC)."""
+
+    frac: float = 1.0
+    """Fraction of trajectories kept, best discounted return first, in (0, 1]: 1 = plain BC, 0.1 = 10 % BC."""
+    discount: float = 0.99
+    """Discount γ of the returns that rank trajectories for --frac (unused at --frac 1)."""
+    max_episode_steps: int = 1000
+    """For --frac: a trajectory is also cut after this many rows (besides terminals and episode ends)."""
+    actor_lr: float = 3e-4
+    """Adam learning rate of the actor."""
+    hidden: tuple[int, ...] = (256, 256)
+    """Hidden sizes of the actor MLP."""
+    normalize_states: bool = True
+    """Normalize states by the mean and std + 1e-3 of the training (kept) rows (CORL: on)."""
+
+    def validate(self) -> None:
+        super().validate()
+        check(0.0 < self.frac <= 1.0, f"--frac must be in (0, 1], got {self.frac}")
+        check(0.0 <= self.discount <= 1.0, f"--discount must be in [0, 1], got {self.discount}")
+        check(self.max_episode_steps > 0, f"--max-episode-steps must be positive, got {self.max_episode_steps}")
+        check(self.actor_lr > 0, f"--actor-lr must be positive, got {self.actor_lr}")
+        check(len(self.hidden) > 0 and all(h > 0 for h in self.hidden), f"--hidden must be positive sizes, got {self.hidden}")
+
+
+# ----------------------------------------------------------------------------- trajectory filter
+def trajectory_bounds(dataset: Dataset, max_episode_steps: int = 1000) -> tuple[np.ndarray, np.ndarray]:
+    """First and last row (inclusive) of every trajectory, in dataset order.
+
+    CORL walks the rows and closes a trajectory where ``terminals`` is set or its running length
+    reaches ``max_episode_steps``. offrl's datasets also mark where an episode ends without
+    termination (``timeouts``: time limits, dropped rows, the end of the data), so a trajectory is
+    closed there as well and never spans two dataset episodes. Within an episode the cuts fall every
+    ``max_episode_steps`` rows from its first row, as CORL's running count (it restarts at each cut).
+    """
+    check(max_episode_steps > 0, f"max_episode_steps must be positive, got {max_episode_steps}")
+    ep_starts = dataset.episode_starts()
+    ep_lens = dataset.episode_lengths()
+    pieces = -(-ep_lens // max_episode_steps)  # ceil: trajectories per episode
+    first_piece = np.repeat(np.cumsum(pieces) - pieces, pieces)
+    starts = np.repeat(ep_starts, pieces) + max_episode_steps * (np.arange(pieces.sum()) - first_piece)
+    ends = np.append(starts[1:], len(dataset)) - 1
+    return starts, ends
+
+
+def discounted_returns(rewards: np.ndarray, starts: np.ndarray, ends: np.ndarray, discount: float) -> np.ndarray:
+    """Σ_t γ^t r_t of every trajectory [start, end], t = 0 at its first row (float64)."""
+    lengths = ends - starts + 1
+    t = np.arange(len(rewards)) - np.repeat(starts, lengths)  # trajectories tile the rows in order
+    return np.add.reduceat(np.asarray(rewards, dtype=np.float64) * np.power(float(discount), t), starts)
+
+
+def keep_best_trajectories(dataset: Dataset, frac: float, discount: float, max_episode_steps: int = 1000) -> np.ndarray:
+    """Indices (ascending) of the rows of the top ``max(1, int(frac · n))`` of the n trajectories,
+    ranked by discounted return, highest first (:func:`trajectory_bounds` for the cuts).
+
+    Ties keep the earlier trajectory (a stable sort; CORL's ``np.argsort(...)[::-1]`` leaves their
+    order unspecified). CORL returns the rows best trajectory first; here they stay in dataset order
+    so that each kept trajectory is still contiguous and ordered. Uniform sampling does not see the
+    difference.
+    """
+    check(0.0 < frac <= 1.0, f"frac must be in (0, 1], got {frac}")
+    check(0.0 <= discount <= 1.0, f"discount must be in [0, 1], got {discount}")
+    starts, ends = trajectory_bounds(dataset, max_episode_steps)
+    returns = discounted_returns(dataset.rewards, starts, ends, discount)
+    n_keep = max(1, int(frac * len(returns)))  # CORL's words exactly: int() truncates
+    best = np.argsort(-returns, kind="stable")[:n_keep]
+    keep = np.zeros(len(returns), dtype=bool)
+    keep[best] = True
+    return np.flatnonzero(np.repeat(keep, ends - starts + 1))
+
+
+def prepare(cfg: Config, dataset: Dataset) -> Prepared:
+    """The kept trajectories (for --frac < 1) and the state statistics of the rows trained on."""
+    train_data = None
+    if cfg.frac < 1.0:
+        rows = keep_best_trajectories(dataset, cfg.frac, cfg.discount, cfg.max_episode_steps)
+        # mark every kept trajectory's last row as an episode end (timeout unless terminal), so
+        # the subset's episodes (config.json's dataset summary) are the kept trajectories
+        _, ends = trajectory_bounds(dataset, cfg.max_episode_steps)
+        is_end = np.zeros(len(dataset), dtype=bool)
+        is_end[ends] = True
+        sub = dataset.subset(rows)
+        sub.timeouts = (is_end[rows] & (sub.terminals == 0)).astype(np.float32)
+        sub.validate()
+        train_data = sub
+    # CORL filters (keep_best_trajectories) before compute_mean_std: the statistics are the kept
+    # rows', not the whole dataset's. Evaluation normalizes with the same mean and std (Agent.act).
+    rows_used = dataset if train_data is None else train_data
+    mean, std = rows_used.state_stats() if cfg.normalize_states else (None, None)
+    return Prepared(dataset=train_data, obs_mean=mean, obs_std=std)
+
+
+# ----------------------------------------------------------------------------- agent
+class BC(Agent):
+    """Behaviour-cloning agent: ``update(batch) -> metrics``, ``act(obs)``, ``save``/``load``."""
+
+    algo = "bc"
+    Config = Config
+    policy_modules = ("actor",)
+
+    def __init__(self, cfg: Config, obs_dim: int, act_dim: int, obs_mean=None, obs_std=None, device="cpu"):
+        super().__init__(cfg, obs_dim, act_dim, obs_mean, obs_std, device)
+        self.actor = DeterministicActor(obs_dim, act_dim, tuple(cfg.hidden))
+        self.to(self.device)
+        self.optimizers = {"actor": self.adam(self.actor.parameters(), cfg.actor_lr)}  # fused on CPU/CUDA
+
+    def policy(self, obs: torch.Tensor, deterministic: bool = True) -> torch.Tensor:
+        return self.actor(obs)
+
+    def update(self, batch) -> dict[str, torch.Tensor]:
+        actor_loss = F.mse_loss(self.actor(batch.obs), batch.act)
+        opt = self.optimizers["actor"]
+        opt.zero_grad(set_to_none=True)
+        actor_loss.backward()
+        opt.step()
+        return {"actor_loss": actor_loss.detach()}
+
+
+ALGORITHM = register(Algorithm("bc", BC, Config, prepare=prepare, kind="offline", doc="BC and any-percent BC (CORL)"))
+train, main = ALGORITHM.train, ALGORITHM.main  # train(cfg) -> summary; `python algos/bc.py [flags]`
+
+
+if __name__ == "__main__":
+    main()

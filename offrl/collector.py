@@ -1,0 +1,197 @@
+"""The collector: steps a Gymnasium vector env with an action function and emits transitions to sinks.
+
+``Collector(env_id, num_envs, seed).step(act_fn)`` calls ``act_fn(obs) -> (actions, extras)``
+(extras: per-env arrays such as log-probabilities and values), steps every copy, and hands one
+:class:`Transition` to each sink: a replay buffer (:class:`ReplaySink`), on-policy rollout storage,
+or the dataset recorder (:mod:`offrl.data.recorder`). It knows no buffer, no algorithm, no loop.
+
+Truncation (time limit) is not termination: ``term`` is the environment's termination only, and
+``next_obs`` of a truncated or terminated step is the true final observation (same-step autoreset),
+while ``collector.obs`` already holds the next episode's first observation. No reset step is ever
+emitted. A collector's state (every copy's MuJoCo integration state, time-limit counter and RNG,
+the episode accumulators) is checkpointable, so a resumed run continues exactly.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any, Callable, Sequence
+
+import gymnasium as gym
+import numpy as np
+import torch
+
+
+@dataclass
+class Transition:
+    """One vector step: per-copy arrays (leading dim = num_envs)."""
+
+    obs: np.ndarray
+    act: np.ndarray
+    rew: np.ndarray
+    next_obs: np.ndarray
+    """The true next observation (the final one where an episode ended)."""
+    term: np.ndarray
+    trunc: np.ndarray
+    extras: dict[str, Any] = field(default_factory=dict)
+    info: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def done(self) -> np.ndarray:
+        """The episode ended (terminated or truncated)."""
+        return self.term | self.trunc
+
+
+class ReplaySink:
+    """Appends transitions to a replay buffer (raw rows; the buffer's transform applies). Extras
+    named like the buffer's extra columns are stored with them."""
+
+    def __init__(self, buffer):
+        self.buffer = buffer
+
+    def __call__(self, tr: Transition) -> None:
+        extra = {k: tr.extras[k] for k in self.buffer.columns[5:]}
+        self.buffer.add(tr.obs, tr.act, tr.rew, tr.next_obs, tr.term.astype(np.float32), **extra)
+
+
+class RolloutSink:
+    """Adds transitions to on-policy rollout storage (:class:`offrl.rollout.RolloutStorage`):
+    the actions' ``logp`` and ``value`` extras, and for an episode truncated by the time limit the
+    value of its true final observation (``value_fn(final_obs)``), so the algorithm may bootstrap
+    from it. Other extras named like the storage's are stored with them."""
+
+    def __init__(self, storage, value_fn: Callable[[np.ndarray], np.ndarray]):
+        self.storage, self.value_fn = storage, value_fn
+
+    def __call__(self, tr: Transition) -> None:
+        final_value = np.zeros(len(tr.rew), np.float32)
+        cut = tr.trunc & ~tr.term
+        if cut.any():
+            final_value[cut] = self.value_fn(tr.next_obs[cut])
+        extra = {k: tr.extras[k] for k in self.storage.extras}
+        self.storage.add(tr.obs, tr.act, tr.extras["logp"], tr.extras["value"], tr.rew, tr.term, tr.trunc,
+                         final_value, **extra)
+
+
+# ------------------------------------------------------------------------------------ env state
+def _time_limit(env: gym.Env):
+    while env is not None:
+        if isinstance(env, gym.wrappers.TimeLimit):
+            return env
+        env = getattr(env, "env", None)
+    return None
+
+
+def env_state(env: gym.Env) -> dict:
+    """Exact state of one (MuJoCo) env: integration state, time-limit counter, RNG."""
+    import mujoco
+
+    u = env.unwrapped
+    state = {"rng": json.dumps(u.np_random.bit_generator.state)}
+    if hasattr(u, "model") and hasattr(u, "data"):
+        spec = mujoco.mjtState.mjSTATE_INTEGRATION
+        buf = np.empty(mujoco.mj_stateSize(u.model, spec))
+        mujoco.mj_getState(u.model, u.data, buf, spec)
+        state["mujoco"] = torch.from_numpy(buf)
+    tl = _time_limit(env)
+    if tl is not None:
+        state["elapsed"] = int(tl._elapsed_steps or 0)
+    return state
+
+
+def set_env_state(env: gym.Env, state: dict) -> None:
+    import mujoco
+
+    u = env.unwrapped
+    if "mujoco" in state:
+        mujoco.mj_setState(u.model, u.data, state["mujoco"].numpy().astype(np.float64), mujoco.mjtState.mjSTATE_INTEGRATION)
+        mujoco.mj_forward(u.model, u.data)
+    u.np_random.bit_generator.state = json.loads(state["rng"])
+    tl = _time_limit(env)
+    if tl is not None and "elapsed" in state:
+        tl._elapsed_steps = state["elapsed"]
+
+
+class Collector:
+    """Steps a same-step-autoreset vector env of ``num_envs`` copies and emits to ``sinks``.
+
+    ``wrap``: an optional function applied to each copy's env (e.g. the recorder's physics probe).
+    """
+
+    def __init__(self, env_id: str, num_envs: int, seed: int, sinks: Sequence[Callable[[Transition], None]] = (),
+                 wrap: Callable[[gym.Env], gym.Env] | None = None, **env_kwargs):
+        from offrl.envs import make_env
+
+        def make():
+            env = make_env(env_id, **env_kwargs)
+            return wrap(env) if wrap is not None else env
+
+        self.venv = gym.vector.SyncVectorEnv([make for _ in range(num_envs)],
+                                             autoreset_mode=gym.vector.AutoresetMode.SAME_STEP)
+        self.obs, _ = self.venv.reset(seed=[seed + i for i in range(num_envs)])
+        self.venv.action_space.seed(seed)
+        self.num_envs = num_envs
+        self.sinks = list(sinks)
+        self.ep_return = np.zeros(num_envs)
+        self.ep_length = np.zeros(num_envs, dtype=np.int64)
+        self.finished: list[tuple[float, int]] = []
+
+    def random_actions(self) -> np.ndarray:
+        """Uniform actions from the vector action space (its own checkpointed RNG)."""
+        return self.venv.action_space.sample()
+
+    def physics(self) -> tuple[np.ndarray, np.ndarray]:
+        """``qpos``, ``qvel`` of every sub-env now (the state the current ``obs`` shows)."""
+        data = [e.unwrapped.data for e in self.venv.envs]
+        return np.stack([d.qpos for d in data]), np.stack([d.qvel for d in data])
+
+    def step(self, act_fn: Callable[[np.ndarray], tuple[np.ndarray, dict]]) -> Transition:
+        """One vector step with the actions ``act_fn(self.obs)`` gives; returns the transition."""
+        actions, extras = act_fn(self.obs)
+        for sink in self.sinks:
+            before = getattr(sink, "before_step", None)
+            if before is not None:
+                before(self)
+        next_obs, rew, term, trunc, info = self.venv.step(actions)
+        done = term | trunc
+        real_next = next_obs.copy()
+        if done.any():
+            real_next[done] = np.stack(info["final_obs"][done])
+        tr = Transition(self.obs, actions, rew, real_next, term, trunc, extras, info)
+        for sink in self.sinks:
+            sink(tr)
+        self.ep_return += rew
+        self.ep_length += 1
+        for i in np.flatnonzero(done):
+            self.finished.append((float(self.ep_return[i]), int(self.ep_length[i])))
+            self.ep_return[i], self.ep_length[i] = 0.0, 0
+        self.obs = next_obs
+        return tr
+
+    def pop_finished(self) -> dict[str, float]:
+        """Mean return and length of the episodes finished since the last call."""
+        if not self.finished:
+            return {}
+        r = np.array([f[0] for f in self.finished])
+        n = np.array([f[1] for f in self.finished])
+        self.finished = []
+        return {"episode_return": float(r.mean()), "episode_length": float(n.mean()), "episodes": float(len(r))}
+
+    def state_dict(self) -> dict:
+        return {"envs": [env_state(e) for e in self.venv.envs], "obs": torch.from_numpy(np.asarray(self.obs)),
+                "ep_return": torch.from_numpy(self.ep_return), "ep_length": torch.from_numpy(self.ep_length),
+                "action_space_rng": json.dumps(self.venv.action_space.np_random.bit_generator.state),
+                "finished": json.dumps(self.finished)}  # episodes ended since the last log row
+
+    def load_state_dict(self, state: dict) -> None:
+        for e, s in zip(self.venv.envs, state["envs"]):
+            set_env_state(e, s)
+        self.obs = state["obs"].numpy().copy()
+        self.ep_return = state["ep_return"].numpy().copy()
+        self.ep_length = state["ep_length"].numpy().copy()
+        self.venv.action_space.np_random.bit_generator.state = json.loads(state["action_space_rng"])
+        self.finished = [tuple(f) for f in json.loads(state.get("finished", "[]"))]  # older checkpoints: none
+
+    def close(self) -> None:
+        self.venv.close()

@@ -1,0 +1,39 @@
+"""Atomic file writes: nothing half-written is ever left behind (write a temp file next to the
+target, then rename over it)."""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any, Callable
+
+
+def atomic_write(path: str, write: Callable[[str], None]) -> str:
+    """Call ``write(tmp_path)`` then rename ``tmp_path`` to ``path`` (created parent dirs); the
+    temp file is removed if writing fails. Returns ``path``."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = f"{path}.tmp-{os.getpid()}"
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    return path
+
+
+def write_json(path: str, obj: Any, indent: int | None = 2) -> str:
+    """``json.dump`` atomically."""
+
+    def write(tmp: str) -> None:
+        with open(tmp, "w") as f:
+            json.dump(obj, f, indent=indent)
+
+    return atomic_write(path, write)
+
+
+def save_torch(obj: Any, path: str) -> str:
+    """``torch.save`` atomically."""
+    import torch
+
+    return atomic_write(path, lambda tmp: torch.save(obj, tmp))
