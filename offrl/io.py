@@ -23,11 +23,12 @@ def atomic_write(path: str, write: Callable[[str], None]) -> str:
 
 
 def write_json(path: str, obj: Any, indent: int | None = 2) -> str:
-    """``json.dump`` atomically."""
+    """``json.dump`` atomically (with a final newline)."""
 
     def write(tmp: str) -> None:
         with open(tmp, "w") as f:
             json.dump(obj, f, indent=indent)
+            f.write("\n")
 
     return atomic_write(path, write)
 

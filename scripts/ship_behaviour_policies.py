@@ -32,6 +32,7 @@ from offrl.agent import load_checkpoint
 from offrl.algos.sac import SAC
 from offrl.data import recipes
 from offrl.evaluation import evaluate
+from offrl.io import write_json
 from offrl.utils import set_seed
 
 
@@ -50,12 +51,7 @@ def write_index(out_dir: str) -> str:
         keep = ("env", "level", "step", "seed", "eval_return_mean", "behaviour_return_mean", "behaviour_return_std",
                 "behaviour_episodes", "run", "source", "torch", "note")
         index[os.path.basename(path)] = {k: info.get(k) for k in keep}
-    dst = os.path.join(out_dir, "policies.json")
-    with open(dst + ".tmp", "w") as f:
-        json.dump(index, f, indent=2)
-        f.write("\n")
-    os.replace(dst + ".tmp", dst)
-    return dst
+    return write_json(os.path.join(out_dir, "policies.json"), index)
 
 
 def main(argv=None) -> int:
