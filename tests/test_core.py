@@ -445,3 +445,21 @@ def _on_policy_checks(run, agent, tmp_path, monkeypatch):
     b = torch.load(tmp_path / "cut" / "checkpoint.pt", weights_only=True)
     assert all(torch.equal(v, b["agent"][k]) for k, v in a["agent"].items())
     assert _rows(tmp_path / "full") == _rows(tmp_path / "cut")
+
+
+def test_unwritable_run_dir_is_one_line_before_any_work(tmp_path, monkeypatch, capsys):
+    """A --run-dir whose parent cannot be created fails at once: no dataset is loaded or built."""
+    from offrl import data
+    from offrl.cli import main
+
+    blocker = tmp_path / "file.txt"
+    blocker.write_text("x")
+    monkeypatch.setattr(data, "load_dataset", lambda *a, **k: pytest.fail("the dataset was loaded"))
+    for argv in (["train", "iql", "--run-dir", str(blocker / "run")],
+                 ["train", "sac", "--run-dir", str(blocker / "run"), "--total-steps", "10"]):
+        with pytest.raises(SystemExit) as e:
+            main(argv)
+        err = capsys.readouterr().err.strip().splitlines()
+        assert e.value.code == 2 and len(err) == 1 and err[0].startswith("offrl: error: --run-dir ")
+        assert "not a directory" in err[0]
+    assert not (blocker.parent / "runs").exists()
