@@ -91,7 +91,34 @@ class OfflinePhase(Phase):
 
 
 
-class OnlinePhase(Phase):
+class EnvPhase(Phase):
+    """A phase that steps an environment: its collector is built when the phase begins, closed
+    when it ends, gives the ``rollout/`` rows and is part of the phase's checkpoint."""
+
+    def __init__(self, name: str, steps: int, make_collector: Callable[[], Any]):
+        super().__init__(name, steps)
+        self.make_collector = make_collector
+        self.collector = None
+
+    def begin(self, run: "Run") -> None:
+        self.collector = self.make_collector()
+
+    def log_rows(self) -> dict[str, dict[str, float]]:
+        return {"rollout/": self.collector.pop_finished()}
+
+    def end(self, run: "Run") -> None:
+        if self.collector is not None:
+            self.collector.close()
+
+    def state_dict(self) -> dict:
+        return {**super().state_dict(), "collector": self.collector.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        super().load_state_dict(state)
+        self.collector.load_state_dict(state["collector"])
+
+
+class OnlinePhase(EnvPhase):
     """Off-policy online training: ``steps`` env steps (summed over copies) from a collector into
     ``buffer``; uniform-random actions for the first ``learning_starts`` steps of the phase, then
     the agent's ``explore``; ``updates_per_step`` gradient steps per env step after the warm-up,
@@ -103,17 +130,16 @@ class OnlinePhase(Phase):
     def __init__(self, steps: int, buffer, make_collector: Callable[[], Any], batch_size: int,
                  learning_starts: int = 0, updates_per_step: float = 1.0, sampler=None, with_log_prob: bool = False,
                  name: str = "online"):
-        super().__init__(name, steps)
-        self.buffer, self.make_collector, self.batch_size = buffer, make_collector, batch_size
+        super().__init__(name, steps, make_collector)
+        self.buffer, self.batch_size = buffer, batch_size
         self.learning_starts, self.updates_per_step = learning_starts, updates_per_step
         self.sampler = sampler if sampler is not None else buffer
         self.with_log_prob = with_log_prob
-        self.collector = None
         self.env_steps = 0
         self._uniform_logp = None
 
     def begin(self, run: "Run") -> None:
-        self.collector = self.make_collector()
+        super().begin(run)
         act_dim = int(np.prod(self.collector.venv.single_action_space.shape))
         self._uniform_logp = -act_dim * float(np.log(2.0))  # density of uniform actions on [-1, 1]^|A|
 
@@ -141,23 +167,15 @@ class OnlinePhase(Phase):
                 self.updates += 1
         return n
 
-    def log_rows(self) -> dict[str, dict[str, float]]:
-        return {"rollout/": self.collector.pop_finished()}
-
-    def end(self, run: "Run") -> None:
-        if self.collector is not None:
-            self.collector.close()
-
     def state_dict(self) -> dict:
-        return {**super().state_dict(), "env_steps": self.env_steps, "collector": self.collector.state_dict()}
+        return {**super().state_dict(), "env_steps": self.env_steps}
 
     def load_state_dict(self, state: dict) -> None:
         super().load_state_dict(state)
         self.env_steps = int(state["env_steps"])
-        self.collector.load_state_dict(state["collector"])
 
 
-class OnPolicyPhase(Phase):
+class OnPolicyPhase(EnvPhase):
     """On-policy training: the collector steps the env with ``agent.rollout_action`` (actions plus
     ``logp`` and ``value`` extras) into ``storage`` through a :class:`~offrl.collector.RolloutSink`
     (truncated episodes get ``agent.state_value(final_obs)``); when the storage is full,
@@ -168,14 +186,13 @@ class OnPolicyPhase(Phase):
     kind = "on-policy"
 
     def __init__(self, steps: int, storage, make_collector: Callable[[], Any], name: str = "on-policy"):
-        super().__init__(name, steps)
-        self.storage, self.make_collector = storage, make_collector
-        self.collector = None
+        super().__init__(name, steps, make_collector)
+        self.storage = storage
 
     def begin(self, run: "Run") -> None:
         from offrl.collector import RolloutSink
 
-        self.collector = self.make_collector()
+        super().begin(run)
         self.collector.sinks.append(RolloutSink(self.storage, run.agent.state_value))
 
     def advance(self, run: "Run") -> int:
@@ -186,20 +203,12 @@ class OnPolicyPhase(Phase):
             self.updates += 1
         return self.collector.num_envs
 
-    def log_rows(self) -> dict[str, dict[str, float]]:
-        return {"rollout/": self.collector.pop_finished()}
-
-    def end(self, run: "Run") -> None:
-        if self.collector is not None:
-            self.collector.close()
-
     def state_dict(self) -> dict:
-        return {**super().state_dict(), "storage": self.storage.state_dict(), "collector": self.collector.state_dict()}
+        return {**super().state_dict(), "storage": self.storage.state_dict()}
 
     def load_state_dict(self, state: dict) -> None:
         super().load_state_dict(state)
         self.storage.load_state_dict(state["storage"])
-        self.collector.load_state_dict(state["collector"])
 
 
 class Run:

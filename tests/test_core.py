@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import torch
 from test_cli import SCRIPTED
+from test_signals import _signal_at
 
 from offrl import logger as logger_mod
 from offrl.buffer import Batch, DataTransform, MixedSampler, ReplayBuffer, nstep_targets
@@ -140,20 +141,6 @@ def test_one_coordinate_system_for_dataset_and_online_rows(use_scripted):
 # ------------------------------------------------------------------------------------ phases
 O2O = dict(dataset=SCRIPTED, hidden=(32, 32), batch_size=32, eval_episodes=2, log_every=10, progress=False,
            threads=1, steps=30, online_steps=40, eval_every=20, checkpoint_every=1000)
-
-
-def _signal_at(monkeypatch, n_call: int, sig: int):
-    calls = {"n": 0}
-    original = logger_mod.MetricAccumulator.add
-
-    def add(self, metrics):
-        calls["n"] += 1
-        if calls["n"] == n_call:
-            os.kill(os.getpid(), sig)
-        original(self, metrics)
-
-    monkeypatch.setattr(logger_mod.MetricAccumulator, "add", add)
-    return original
 
 
 def _rows(run_dir):
