@@ -265,8 +265,8 @@ class Run:
         if "phases" not in t:
             raise OffrlError(f"{self.cfg.resume} was written before offrl's run lifecycle: it loads for acting "
                              "and evaluation, but cannot be resumed")
-        if t["phases"] != names:
-            raise OffrlError(f"{self.cfg.resume} was trained with phases {t.get('phases')}, this run has {names}")
+        if names[: len(t["phases"])] != t["phases"]:  # phases may be appended (e.g. --online-steps later)
+            raise OffrlError(f"{self.cfg.resume} was trained with phases {t['phases']}, this run has {names}")
         self.agent.load_training_state(ckpt)
         self.step, self.phase_index, self.phase_start = int(t["step"]), int(t["phase"]), int(t["phase_start"])
         self.results = list(t["results"])

@@ -206,6 +206,17 @@ def test_resume_at_the_hand_over_starts_the_online_phase(use_scripted, tmp_path,
     assert _rows(tmp_path / "full") == _rows(tmp_path / "cut")
 
 
+def test_a_finished_offline_run_continues_online(use_scripted, tmp_path):
+    from offrl.algos import iql
+
+    kw = {**O2O, "online_steps": 0}
+    off = iql.train(iql.Config(run_dir=str(tmp_path / "r"), **kw))
+    assert [p["name"] for p in off["phases"]] == ["offline"]
+    both = iql.train(iql.Config(resume=str(tmp_path / "r" / "checkpoint.pt"), online_steps=20, progress=False, threads=1))
+    assert [(p["name"], p["steps"]) for p in both["phases"]] == [("offline", 30), ("online", 20)]
+    assert both["steps"] == 50 and both["updates"] == 50
+
+
 def test_iql_actor_lr_is_phase_aware(use_scripted, tmp_path):
     from offrl.algos import iql
 
