@@ -210,6 +210,13 @@ class Agent(nn.Module):
         """On-policy agents: V(s) for raw observations (bootstrap values of an on-policy phase)."""
         raise NotImplementedError(f"{self.algo} has no state-value function")
 
+    def rollout_sink(self, storage):
+        """On-policy agents: the collector sink that fills ``storage`` (agents that normalize what
+        they store return their own)."""
+        from offrl.collector import RolloutSink
+
+        return RolloutSink(storage, self.state_value)
+
     def learn(self, storage, last_value) -> dict[str, torch.Tensor]:  # pragma: no cover
         """On-policy agents: learn from one full rollout (:class:`~offrl.rollout.RolloutStorage`)."""
         raise NotImplementedError(f"{self.algo} does not learn from rollouts")

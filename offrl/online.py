@@ -1,6 +1,7 @@
-"""Building online (off-policy) runs on the run lifecycle: a collector over a Gymnasium vector env
-appends to the shared replay buffer; the agent updates; evaluation, logging and checkpoints as
-offline (:mod:`offrl.run`).
+"""Building online runs on the run lifecycle (:mod:`offrl.run`): off-policy (:func:`run_online`: a
+collector over a Gymnasium vector env appends to the shared replay buffer, the agent updates) and
+on-policy (:func:`run_on_policy`: the collector fills rollout storage, the agent learns from each
+full rollout); evaluation, logging and checkpoints as offline.
 
 Truncation (time limit) is not termination (:mod:`offrl.collector`). A checkpoint holds the
 replay buffer, every sub-env's exact MuJoCo integration state, time-limit counter and RNG, and the
@@ -59,9 +60,9 @@ def run_online(cfg: OnlineConfig, agent_cls: type[Agent]) -> dict:
     """
     from offrl.buffer import ReplayBuffer
     from offrl.collector import Collector, ReplaySink
-    from offrl.envs import env_dims, reference_scores
-    from offrl.run import OnlinePhase, Run
-    from offrl.train import make_evaluator, setup_torch, start_run
+    from offrl.envs import env_dims
+    from offrl.run import OnlinePhase
+    from offrl.train import setup_torch, start_run
 
     ckpt, cfg, run_dir = start_run(cfg, agent_cls.algo, cfg.env)
     obs_dim, act_dim = env_dims(cfg.env)
@@ -82,19 +83,53 @@ def run_online(cfg: OnlineConfig, agent_cls: type[Agent]) -> dict:
         wrap = PhysicsProbe
     phase = OnlinePhase(cfg.total_steps, buffer, lambda: Collector(cfg.env, cfg.num_envs, cfg.seed, sinks, wrap=wrap),
                         cfg.batch_size, cfg.learning_starts, cfg.updates_per_step, with_log_prob=cfg.record)
-    ref_min, ref_max = reference_scores(cfg.env)
-    evaluator = make_evaluator(cfg, cfg.env, ref_min, ref_max)
+    parts = {"buffer": buffer, **({"record": recorder} if recorder is not None else {})}
+    run = env_run(cfg, agent, phase, run_dir, ckpt, device, parts)
     info = {"env": cfg.env, "seed": cfg.seed}
     if cfg.snapshots:  # behaviour-policy selection: the policy of every evaluation, with its result
-        evaluator.callbacks.append(lambda agent_, step, scalars: agent_.save_policy(
+        run.evaluator.callbacks.append(lambda agent_, step, scalars: agent_.save_policy(
             os.path.join(run_dir, "snapshots", f"step{step:08d}.pt"), {**info, "step": step, **scalars}))
-    meta = {"algo": agent_cls.algo, "config": config_to_dict(cfg), "dataset": None, "env_id": cfg.env,
-            "device": str(device), "torch": torch.__version__}
-    parts = {"buffer": buffer, **({"record": recorder} if recorder is not None else {})}
-    run = Run(cfg, agent, [phase], evaluator, run_dir, meta, parts=parts, ckpt=ckpt,
-              desc=f"{agent_cls.algo} {cfg.env}",
-              checkpoint_extra={"env": {"env_id": cfg.env, "ref_min_score": ref_min, "ref_max_score": ref_max}},
-              summary_extra={"algo": agent_cls.algo, "dataset": None, "env": cfg.env})
-    if cfg.snapshots and run.step == 0:  # the initial (random) policy
-        agent.save_policy(os.path.join(run_dir, "snapshots", "step00000000.pt"), {**info, "step": 0})
+        if run.step == 0:  # the initial (random) policy
+            agent.save_policy(os.path.join(run_dir, "snapshots", "step00000000.pt"), {**info, "step": 0})
     return run.execute()
+
+
+def env_run(cfg, agent, phase, run_dir: str, ckpt, device, parts: dict | None = None):
+    """The :class:`~offrl.run.Run` of an environment-only run (no dataset) in ``cfg.env``."""
+    from offrl.envs import reference_scores
+    from offrl.run import Run
+    from offrl.train import make_evaluator
+
+    ref_min, ref_max = reference_scores(cfg.env)
+    meta = {"algo": agent.algo, "config": config_to_dict(cfg), "dataset": None, "env_id": cfg.env,
+            "device": str(device), "torch": torch.__version__}
+    return Run(cfg, agent, [phase], make_evaluator(cfg, cfg.env, ref_min, ref_max), run_dir, meta, parts=parts,
+               ckpt=ckpt, desc=f"{agent.algo} {cfg.env}",
+               checkpoint_extra={"env": {"env_id": cfg.env, "ref_min_score": ref_min, "ref_max_score": ref_max}},
+               summary_extra={"algo": agent.algo, "dataset": None, "env": cfg.env})
+
+
+def run_on_policy(cfg, agent_cls: type[Agent]) -> dict:
+    """Train an on-policy agent in ``cfg.env``; returns the summary (:mod:`offrl.run`).
+
+    One :class:`~offrl.run.OnPolicyPhase` of ``cfg.total_steps`` env steps: a collector of
+    ``cfg.num_envs`` copies (same-step autoreset) fills ``RolloutStorage(cfg.num_steps,
+    cfg.num_envs)`` on the training device through the agent's ``rollout_sink``; the agent learns
+    from each full rollout. The checkpoint holds the partly filled storage and the collector, so a
+    resumed run continues exactly, even in the middle of a rollout.
+    """
+    from offrl.collector import Collector
+    from offrl.envs import env_dims
+    from offrl.rollout import RolloutStorage
+    from offrl.run import OnPolicyPhase
+    from offrl.train import setup_torch, start_run
+
+    ckpt, cfg, run_dir = start_run(cfg, agent_cls.algo, cfg.env)
+    cfg.resolve(None)
+    cfg.validate()
+    obs_dim, act_dim = env_dims(cfg.env)
+    device = setup_torch(cfg)
+    agent = agent_cls(cfg, obs_dim, act_dim, device=device)
+    storage = RolloutStorage(cfg.num_steps, cfg.num_envs, obs_dim, act_dim, device)
+    phase = OnPolicyPhase(cfg.total_steps, storage, lambda: Collector(cfg.env, cfg.num_envs, cfg.seed))
+    return env_run(cfg, agent, phase, run_dir, ckpt, device).execute()

@@ -32,7 +32,7 @@ class Algorithm:
     """Its config dataclass (tyro turns it into flags)."""
     train: Callable[..., dict] | None = None
     """``train(cfg) -> summary``; default: :func:`offrl.train.run_offline` with ``prepare`` (kind
-    offline) or :func:`offrl.online.run_online` (kind online)."""
+    offline), :func:`offrl.online.run_online` (online) or :func:`offrl.online.run_on_policy` (on-policy)."""
     prepare: Callable | None = None
     """The dataset preprocessing hook of the default offline ``train``."""
     kind: str = "offline"
@@ -47,10 +47,10 @@ class Algorithm:
             object.__setattr__(self, "train", self._default_train)
 
     def _default_train(self, cfg) -> dict:
-        if self.kind == "online":
-            from offrl.online import run_online
+        if self.kind in ("online", "on-policy"):
+            from offrl.online import run_on_policy, run_online
 
-            return run_online(cfg, self.agent)
+            return (run_online if self.kind == "online" else run_on_policy)(cfg, self.agent)
         from offrl.train import run_offline
 
         return run_offline(cfg, self.agent, self.prepare)

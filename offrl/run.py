@@ -177,8 +177,9 @@ class OnlinePhase(EnvPhase):
 
 class OnPolicyPhase(EnvPhase):
     """On-policy training: the collector steps the env with ``agent.rollout_action`` (actions plus
-    ``logp`` and ``value`` extras) into ``storage`` through a :class:`~offrl.collector.RolloutSink`
-    (truncated episodes get ``agent.state_value(final_obs)``); when the storage is full,
+    ``logp`` and ``value`` extras) into ``storage`` through the agent's ``rollout_sink(storage)``
+    (by default a :class:`~offrl.collector.RolloutSink`: truncated episodes get
+    ``agent.state_value(final_obs)``); when the storage is full,
     ``agent.learn(storage, last_value)`` (returns, advantages, minibatch epochs; metrics as
     tensors) runs on it with the value of the observations the next rollout starts from, and the
     storage starts over. ``updates`` counts rollouts learned from."""
@@ -190,10 +191,8 @@ class OnPolicyPhase(EnvPhase):
         self.storage = storage
 
     def begin(self, run: "Run") -> None:
-        from offrl.collector import RolloutSink
-
         super().begin(run)
-        self.collector.sinks.append(RolloutSink(self.storage, run.agent.state_value))
+        self.collector.sinks.append(run.agent.rollout_sink(self.storage))
 
     def advance(self, run: "Run") -> int:
         self.collector.step(run.agent.rollout_action)
