@@ -349,11 +349,15 @@ class PPO(Agent):
         self.obs_pending.zero_()
         self._maybe_pending = False
         nx = self.normalize_obs(x)
-        dist = self.actor.dist(nx)
+        dist = self.behaviour_policy().dist(nx)
         sample = dist.sample()
         extras = {"logp": dist.log_prob(sample).sum(-1), "value": self.critic(nx).squeeze(-1), "policy_obs": nx,
                   "sample": sample}
         return sample.clamp(-1.0, 1.0).cpu().numpy(), extras
+
+    def behaviour_policy(self) -> nn.Module:
+        """The policy rollouts sample from: the actor (PROPS samples from its own behaviour policy)."""
+        return self.actor
 
     @torch.no_grad()
     def observe(self, tr: Transition) -> torch.Tensor:
