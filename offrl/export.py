@@ -27,6 +27,7 @@ import torch
 import torch.nn as nn
 
 from offrl.errors import OffrlError
+from offrl.io import atomic_write
 
 FORMATS = ("torchscript", "onnx")
 DEFAULT_FILENAMES = {"torchscript": "policy.pt", "onnx": "policy.onnx"}
@@ -245,21 +246,15 @@ def export_policy(agent, path: str, format: str = "torchscript", example_batch: 
         raise OffrlError(f"{path} is a directory; pass a file name (e.g. {DEFAULT_FILENAMES[format]})")
     wrapper, traced = _trace(agent, int(example_batch))
     meta = policy_metadata(agent)
-    parent = os.path.dirname(os.path.abspath(path))
-    os.makedirs(parent, exist_ok=True)
-    tmp = os.path.join(parent, f".{os.path.basename(path)}.tmp-{os.getpid()}")
-    try:
+    def write(tmp: str) -> None:
         if format == "torchscript":
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", DeprecationWarning)  # torch >= 2.10 marks torch.jit deprecated
                 torch.jit.save(traced, tmp, _extra_files={METADATA_FILE: json.dumps(meta)})
         else:
             _write_onnx(agent, wrapper, traced, meta, tmp, int(example_batch))
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-    return path
+
+    return atomic_write(path, write)
 
 
 def read_metadata(path: str) -> dict[str, Any]:
