@@ -276,6 +276,7 @@ class ReplayBuffer:
         """Sampling state, plus the stored rows when ``include_data``. Rows rebuilt from a dataset
         (the first ``num_fixed``) are left out while no online row has overwritten them."""
         state = {"size": self.size, "ptr": self.ptr, "generator": self.generator.get_state(),
+                 "generator_device": self.device.type,
                  "columns": {k: list(s) for k, s in self.shapes.items()}, "overwritten": self.overwritten}
         if self.weights is not None:
             state["weights"] = self.weights[: self.size].to("cpu", copy=True)
@@ -307,7 +308,11 @@ class ReplayBuffer:
             self.weights = torch.ones(self.capacity, device=self.device)
             self.weights[: self.size] = state["weights"].to(self.device)
             self._cdf = None
-        self.generator.set_state(state["generator"].cpu() if self.device.type == "cpu" else state["generator"])
+        saved = state.get("generator_device", self.device.type)
+        if saved != self.device.type:  # a CPU and a CUDA generator state cannot stand in for each other
+            raise OffrlError(f"the buffer's sampling state was saved on {saved}, this run samples on "
+                             f"{self.device.type}: resume with --device {saved}")
+        self.generator.set_state(state["generator"].cpu())
 
 
 class MixedSampler:

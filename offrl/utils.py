@@ -13,15 +13,21 @@ from offrl.errors import OffrlError, TrainingInterrupted
 
 
 def resolve_device(device: str) -> torch.device:
-    """``"auto"`` → cuda when available, else cpu; otherwise validate the given device."""
+    """``"auto"`` → cuda when available, else cpu; otherwise validate the given device. A CUDA device
+    is returned with its index (``cuda`` → ``cuda:0``), so device comparisons hold."""
     if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        device = "cuda" if torch.cuda.is_available() else "cpu"
     try:
         dev = torch.device(device)
     except RuntimeError as e:
         raise OffrlError(f"invalid --device '{device}': expected auto, cpu, cuda or cuda:N") from e
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise OffrlError(f"--device {device} requested but CUDA is not available on this machine")
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise OffrlError(f"--device {device} requested but CUDA is not available on this machine")
+        index = 0 if dev.index is None else dev.index
+        if index >= torch.cuda.device_count():
+            raise OffrlError(f"--device {device}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+        dev = torch.device("cuda", index)
     return dev
 
 

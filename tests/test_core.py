@@ -461,3 +461,11 @@ def test_unwritable_run_dir_is_one_line_before_any_work(tmp_path, monkeypatch, c
         assert e.value.code == 2 and len(err) == 1 and err[0].startswith("offrl: error: --run-dir ")
         assert "not a directory" in err[0]
     assert not (blocker.parent / "runs").exists()
+
+
+def test_buffer_state_from_another_device_kind_is_one_clear_error():
+    buf = _filled(10)
+    state = buf.state_dict()
+    state["generator_device"] = "cuda"  # as a CUDA run would have saved it
+    with pytest.raises(OffrlError, match="saved on cuda, this run samples on cpu: resume with --device cuda"):
+        _filled(10).load_state_dict(state)
