@@ -335,9 +335,10 @@ class Agent(nn.Module):
     def from_checkpoint(cls, ckpt: dict, device: str | torch.device | None = None, path: str = "checkpoint"):
         if ckpt.get("algo") != cls.algo:
             raise OffrlError(f"{path} is a checkpoint of algorithm '{ckpt.get('algo')}', not '{cls.algo}'")
+        from offrl.utils import resolve_device
+
         cfg = config_from_dict(cls.Config, ckpt["config"])
-        if device is None:
-            device = "cuda" if torch.cuda.is_available() else "cpu"
+        device = resolve_device("auto" if device is None else str(device))  # one-line errors, cuda → cuda:0
         token = _LOADING_FROZEN.set(ckpt.get("frozen"))
         try:
             agent = cls(cfg, ckpt["dims"]["obs_dim"], ckpt["dims"]["act_dim"], device=device)
