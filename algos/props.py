@@ -185,6 +185,7 @@ class PROPS(PPO):
 
     algo = "props"
     Config = Config
+    rollout_field = "props_steps"  # the on-policy phase calls learn every m steps
 
     def __init__(self, cfg: Config, obs_dim: int, act_dim: int, obs_mean=None, obs_std=None, device="cpu"):
         super().__init__(cfg, obs_dim, act_dim, obs_mean, obs_std, device)
@@ -331,28 +332,9 @@ class PROPS(PPO):
             self.buf_ptr, self.buf_size, self.calls = int(saved["buf_ptr"]), int(saved["buf_size"]), int(saved["calls"])
 
 
-def train(cfg: Config) -> dict:
-    """``run_on_policy`` with the phase storage of m (``props_steps``) steps per env copy, so ``learn`` runs every m steps."""
-    from offrl.collector import Collector
-    from offrl.envs import env_dims
-    from offrl.online import env_run
-    from offrl.run import OnPolicyPhase
-    from offrl.train import setup_torch, start_run
-
-    ckpt, cfg, run_dir = start_run(cfg, PROPS.algo, cfg.env)
-    cfg.resolve(None)
-    cfg.validate()
-    obs_dim, act_dim = env_dims(cfg.env)
-    device = setup_torch(cfg)
-    agent = PROPS(cfg, obs_dim, act_dim, device=device)
-    storage = RolloutStorage(cfg.props_steps, cfg.num_envs, obs_dim, act_dim, device)
-    phase = OnPolicyPhase(cfg.total_steps, storage, lambda: Collector(cfg.env, cfg.num_envs, cfg.seed))
-    return env_run(cfg, agent, phase, run_dir, ckpt, device).execute()
-
-
-ALGORITHM = register(Algorithm("props", PROPS, Config, train=train, kind="on-policy", benchmark=False,
+ALGORITHM = register(Algorithm("props", PROPS, Config, kind="on-policy", benchmark=False,
                                doc="PROPS (Corrado & Hanna): PPO with a learned behaviour policy"))
-main = ALGORITHM.main  # `python algos/props.py [flags]`
+train, main = ALGORITHM.train, ALGORITHM.main  # train(cfg) -> summary; `python algos/props.py [flags]`
 
 
 if __name__ == "__main__":

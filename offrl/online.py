@@ -113,9 +113,10 @@ def run_on_policy(cfg, agent_cls: type[Agent]) -> dict:
     """Train an on-policy agent in ``cfg.env``; returns the summary (:mod:`offrl.run`).
 
     One :class:`~offrl.run.OnPolicyPhase` of ``cfg.total_steps`` env steps: a collector of
-    ``cfg.num_envs`` copies (same-step autoreset) fills ``RolloutStorage(cfg.num_steps,
-    cfg.num_envs)`` on the training device through the agent's ``rollout_sink``; the agent learns
-    from each full rollout. The checkpoint holds the partly filled storage and the collector, so a
+    ``cfg.num_envs`` copies (same-step autoreset) fills ``RolloutStorage(T, cfg.num_envs)`` on the
+    training device through the agent's ``rollout_sink``, T the config field the agent class names
+    in ``rollout_field`` (``num_steps``; PROPS learns every ``props_steps``); the agent learns from
+    each full storage. The checkpoint holds the partly filled storage and the collector, so a
     resumed run continues exactly, even in the middle of a rollout.
     """
     from offrl.collector import Collector
@@ -130,6 +131,7 @@ def run_on_policy(cfg, agent_cls: type[Agent]) -> dict:
     obs_dim, act_dim = env_dims(cfg.env)
     device = setup_torch(cfg)
     agent = agent_cls(cfg, obs_dim, act_dim, device=device)
-    storage = RolloutStorage(cfg.num_steps, cfg.num_envs, obs_dim, act_dim, device)
+    storage = RolloutStorage(getattr(cfg, getattr(agent_cls, "rollout_field", "num_steps")), cfg.num_envs,
+                             obs_dim, act_dim, device)
     phase = OnPolicyPhase(cfg.total_steps, storage, lambda: Collector(cfg.env, cfg.num_envs, cfg.seed))
     return env_run(cfg, agent, phase, run_dir, ckpt, device).execute()
