@@ -14,6 +14,7 @@ import sys
 import numpy as np
 import pytest
 import torch
+from test_signals import _rows, default_handlers  # noqa: F401  (autouse: default signal handlers)
 
 from offrl.algos import props
 from offrl.algos.props import PROPS, Config, gaussian_kl, props_loss, sampling_error
@@ -25,22 +26,6 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = dict(env="InvertedPendulum-v5", num_steps=64, props_steps=32, num_envs=2, num_minibatches=4,
             props_num_minibatches=4, props_epochs=2, update_epochs=2, hidden=(16, 16), total_steps=512,
             eval_every=256, eval_episodes=2, log_every=64, checkpoint_every=10_000, progress=False, threads=1)
-
-
-@pytest.fixture(autouse=True)
-def default_handlers():
-    saved = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1)}
-    signal.signal(signal.SIGINT, signal.default_int_handler)
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    yield
-    for s, h in saved.items():
-        signal.signal(s, h)
-
-
-def _rows(run_dir):
-    with open(os.path.join(run_dir, "metrics.jsonl")) as f:
-        rows = [json.loads(line) for line in f]
-    return [{k: v for k, v in r.items() if not k.startswith("time/") and k != "eval/seconds"} for r in rows]
 
 
 # ------------------------------------------------------------------------------------ loss
