@@ -224,6 +224,9 @@ class Evaluator:
         """Why there is no evaluation (printed at the start of a run), or None."""
         self.callbacks: list = []
         """``fn(agent, step, scalars)`` called after every evaluation (e.g. policy snapshots)."""
+        self.history: list[dict] = []
+        """Every evaluation of the run: ``{"step", "return_mean", "normalized_score"}`` (checkpointed;
+        the per-phase means and the regret of the summary are computed from it)."""
 
     @property
     def enabled(self) -> bool:
@@ -245,16 +248,44 @@ class Evaluator:
             score = scalars["normalized_score"]
             self.best_normalized_score = score if np.isfinite(score) else None
         self.last = res
+        if step is not None:
+            score = scalars.get("normalized_score")
+            self.history.append({"step": int(step), "return_mean": float(scalars["return_mean"]),
+                                 "normalized_score": float(score) if score is not None and np.isfinite(score) else None})
         for fn in self.callbacks:
             fn(agent, step, scalars)
         return scalars
 
+    def between(self, start: int, end: int | None = None) -> list[dict]:
+        """The evaluations at steps in (start, end] (end None: no upper bound)."""
+        return [h for h in self.history if h["step"] > start and (end is None or h["step"] <= end)]
+
     def state_dict(self) -> dict:
-        return {"best_return": self.best_return, "best_normalized_score": self.best_normalized_score}
+        return {"best_return": self.best_return, "best_normalized_score": self.best_normalized_score,
+                "history": list(self.history)}
 
     def load_state_dict(self, state: dict) -> None:
         self.best_return = state.get("best_return")
         self.best_normalized_score = state.get("best_normalized_score")
+        self.history = list(state.get("history", []))
+
+
+def normalized_regret(evaluations: list[dict]) -> float | None:
+    """offrl's normalized-score regret: mean over ``evaluations`` of 1 − normalized_score/100 (None
+    without evaluations or reference scores). CORL's regret is defined on success rates (goal
+    tasks); this locomotion analogue is offrl's own extension."""
+    scores = [h["normalized_score"] for h in evaluations]
+    if not scores or any(s is None for s in scores):
+        return None
+    return float(np.mean([1.0 - s / 100.0 for s in scores]))
+
+
+def mean_normalized_score(evaluations: list[dict]) -> float | None:
+    """Mean normalized score over ``evaluations`` (None without evaluations or reference scores)."""
+    scores = [h["normalized_score"] for h in evaluations]
+    if not scores or any(s is None for s in scores):
+        return None
+    return float(np.mean(scores))
 
 
 def crossed(prev: int, step: int, every: int) -> bool:

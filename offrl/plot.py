@@ -6,7 +6,8 @@
 Each run is a run directory (or its ``metrics.jsonl``). A resumed run may log a step twice; the
 last row wins. Runs that share a label are averaged at the steps they all have, with a band of ±
 one standard deviation across them; a single run gets the band of the metric's ``*_std``
-companion when it has one (``eval/return_mean`` → ``eval/return_std``).
+companion when it has one (``eval/return_mean`` → ``eval/return_std``). Phase hand-overs (the end
+of the offline phase of an offline → online run) are drawn as dashed vertical lines.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ class Curve:
     values: np.ndarray
     band: np.ndarray | None = None  # ± half-width at each step
     runs: int = 1
+    boundaries: tuple = ()  # (step, name of the phase that starts there) of each phase hand-over
 
 
 def metrics_file(run: str | os.PathLike) -> Path:
@@ -75,6 +77,26 @@ def read_metric(run: str | os.PathLike, metric: str) -> tuple[np.ndarray, np.nda
     return steps, vals, std
 
 
+def phase_boundaries(run: str | os.PathLike) -> list[tuple[int, str]]:
+    """``(last step of a phase, name of the next phase)`` for each hand-over in a run's metrics
+    (rows carry ``phase``); empty for a one-phase run."""
+    ends: dict[str, int] = {}
+    order: list[str] = []
+    with open(metrics_file(run)) as f:
+        for line in f:
+            try:
+                row = json.loads(line) if line.strip() else {}
+            except json.JSONDecodeError:
+                continue  # read_metric reports damaged lines
+            name = row.get("phase")
+            if name is None or "step" not in row:
+                continue
+            if name not in ends:
+                order.append(name)
+            ends[name] = max(ends.get(name, 0), int(row["step"]))
+    return [(ends[a], b) for a, b in zip(order, order[1:])]
+
+
 def curves(runs: list[str], metric: str, labels: list[str] | None = None, band: bool = True) -> list[Curve]:
     """One curve per distinct label (default: each run's directory name, with algorithm and dataset
     for the default ``runs/<algo>/<dataset>/seed<N>-<time>`` layout)."""
@@ -83,19 +105,23 @@ def curves(runs: list[str], metric: str, labels: list[str] | None = None, band: 
     if labels is None:
         labels = [_run_name(r) for r in runs]
     groups: dict[str, list] = {}
+    bounds: dict[str, set] = {}
     for run, label in zip(runs, labels):
         groups.setdefault(label, []).append(read_metric(run, metric))
+        bounds.setdefault(label, set()).update(phase_boundaries(run))
     out = []
     for label, items in groups.items():
+        marks = tuple(sorted(bounds[label]))
         if len(items) == 1:
             steps, vals, std = items[0]
-            out.append(Curve(label, steps, vals, std if band else None))
+            out.append(Curve(label, steps, vals, std if band else None, boundaries=marks))
             continue
         common = sorted(set.intersection(*(set(s.tolist()) for s, _, _ in items)))
         if not common:
             raise OffrlError(f"the runs labelled '{label}' share no logged step of {metric}")
         stack = np.stack([v[np.searchsorted(s, common)] for s, v, _ in items])
-        out.append(Curve(label, np.array(common), stack.mean(0), stack.std(0) if band else None, runs=len(items)))
+        out.append(Curve(label, np.array(common), stack.mean(0), stack.std(0) if band else None, runs=len(items),
+                         boundaries=marks))
     return out
 
 
@@ -164,6 +190,11 @@ def render_svg(items: list[Curve], metric: str, title: str | None = None) -> str
         out.append(f'<line x1="{px(t):.1f}" x2="{px(t):.1f}" y1="{TOP}" y2="{TOP + ph}" stroke="#f0f0f0"/>')
         out.append(f'<text x="{px(t):.1f}" y="{TOP + ph + 18}" text-anchor="middle">{_fmt(t)}</text>')
     out.append(f'<rect x="{LEFT}" y="{TOP}" width="{pw}" height="{ph}" fill="none" stroke="#333"/>')
+    for step, name in sorted({b for c in items for b in c.boundaries}):  # phase hand-overs (offline → online)
+        if x0 <= step <= x1:
+            out.append(f'<line class="phase" x1="{px(step):.1f}" x2="{px(step):.1f}" y1="{TOP}" y2="{TOP + ph}" '
+                       'stroke="#555" stroke-dasharray="5,4"/>')
+            out.append(f'<text x="{px(step) + 4:.1f}" y="{TOP + ph - 6}" fill="#555">{escape(name)} →</text>')
     out.append(f'<text x="{LEFT + pw / 2:.1f}" y="{HEIGHT - 14}" text-anchor="middle">step</text>')
     out.append(f'<text x="16" y="{TOP + ph / 2:.1f}" text-anchor="middle" transform="rotate(-90 16 {TOP + ph / 2:.1f})">'
                f'{escape(metric)}</text>')

@@ -21,7 +21,13 @@ Summary keys, the same for every algorithm: ``algo``, ``dataset`` (None online),
 ``steps`` (global), ``updates``, ``phases`` (name, kind, steps, final evaluation of each),
 ``run_dir``, ``checkpoint``, ``seconds``, ``final_return``, ``final_normalized_score`` (the last
 evaluation), ``best_return``, ``best_normalized_score`` (the evaluation with the highest mean
-return; see :class:`~offrl.evaluation.Evaluator`).
+return; see :class:`~offrl.evaluation.Evaluator`). Each phase line also has ``evaluations``,
+``mean_normalized_score`` over them and, for env phases, ``normalized_regret`` (mean of
+1 − score/100 over the phase's evaluations; also logged as ``eval/normalized_regret``). An
+offline → online run adds ``offline_normalized_score`` (end of the offline phase),
+``online_normalized_score`` (end of the online phase) and ``normalized_regret`` (the online phase's),
+as CORL reports fine-tuning; the regret on normalized scores is offrl's own locomotion analogue of
+CORL's success-rate regret.
 """
 
 from __future__ import annotations
@@ -33,7 +39,7 @@ from typing import Any, Callable
 import numpy as np
 
 from offrl.errors import OffrlError, json_safe
-from offrl.evaluation import Evaluator, crossed
+from offrl.evaluation import Evaluator, crossed, mean_normalized_score, normalized_regret
 from offrl.io import write_json
 from offrl.logger import Logger, MetricAccumulator
 from offrl.utils import StopSignals, rng_state, set_rng_state
@@ -309,9 +315,13 @@ class Run:
         clock[:] = [now, self.step]
         self.logger.advance(self.step)
 
-    def _evaluate(self) -> None:
+    def _evaluate(self, phase: Phase) -> None:
         t = time.time()
         scalars = self.evaluator(self.agent, self.step)
+        if phase.kind != "offline":  # running regret over this phase's evaluations (offrl's normalized-score analogue)
+            regret = normalized_regret(self.evaluator.between(self.phase_start))
+            if regret is not None:
+                scalars["normalized_regret"] = regret
         self.logger.log(self.step, {**scalars, "seconds": time.time() - t}, prefix="eval/")
 
     def _run_phase(self, phase: Phase, stop: StopSignals, clock: list) -> None:
@@ -325,7 +335,7 @@ class Run:
             if crossed(prev, self.step, cfg.log_every) or last:
                 self._log(phase, clock)
             if self.evaluator.due(prev, self.step) or (last and self.evaluator.enabled):
-                self._evaluate()
+                self._evaluate(phase)
             if last:
                 return
             if stop.save_now() or crossed(prev, self.step, cfg.checkpoint_every) or stop.requested:
@@ -333,6 +343,19 @@ class Run:
                 self.logger.flush()
             if stop.requested:
                 raise stop.interrupted(self.step, self.ckpt_path)
+
+    def _phase_result(self, phase: Phase) -> dict:
+        """The phase's line of the summary: its steps and updates, the last evaluation, and the mean
+        normalized score (and, for an env phase, the normalized regret) over its evaluations."""
+        final = {k: v for k, v in self.evaluator.last.items() if not isinstance(v, list)}
+        evals = self.evaluator.between(self.phase_start, self.step)
+        result = {"name": phase.name, "kind": phase.kind, "steps": self.step - self.phase_start,
+                  "updates": phase.updates, "end_step": self.step, "final_return": final.get("return_mean"),
+                  "final_normalized_score": final.get("normalized_score"), "evaluations": len(evals),
+                  "mean_normalized_score": mean_normalized_score(evals)}
+        if phase.kind != "offline":
+            result["normalized_regret"] = normalized_regret(evals)
+        return result
 
     def execute(self) -> dict:
         os.makedirs(self.run_dir, exist_ok=True)
@@ -360,11 +383,7 @@ class Run:
                             set_rng_state(self._resume["rng"])  # as saved, after the phase's own setup
                             self._resume = None
                         self._run_phase(phase, stop, clock)
-                        final = {k: v for k, v in self.evaluator.last.items() if not isinstance(v, list)}
-                        self.results.append({"name": phase.name, "kind": phase.kind,
-                                             "steps": self.step - self.phase_start, "updates": phase.updates,
-                                             "end_step": self.step, "final_return": final.get("return_mean"),
-                                             "final_normalized_score": final.get("normalized_score")})
+                        self.results.append(self._phase_result(phase))
                         stop.save_now()
                         self.save(phase.state_dict(), done=True)  # every phase end
                         self.logger.flush()
@@ -376,6 +395,14 @@ class Run:
         finally:
             self.logger.close()
         last = self.results[-1]
+        o2o = {}
+        kinds = [r["kind"] for r in self.results]
+        if "offline" in kinds and "online" in kinds[kinds.index("offline") + 1:]:
+            offline = self.results[kinds.index("offline")]
+            online = self.results[len(kinds) - 1 - kinds[::-1].index("online")]
+            o2o = {"offline_normalized_score": offline["final_normalized_score"],
+                   "online_normalized_score": online["final_normalized_score"],
+                   "normalized_regret": online.get("normalized_regret")}
         summary = json_safe({
             **self.summary_extra,
             "steps": self.step,
@@ -388,6 +415,7 @@ class Run:
             "final_normalized_score": last["final_normalized_score"],
             "best_return": self.evaluator.best_return,
             "best_normalized_score": self.evaluator.best_normalized_score,
+            **o2o,
         })
         write_json(os.path.join(self.run_dir, "summary.json"), summary)
         return summary

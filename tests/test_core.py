@@ -6,6 +6,7 @@ evaluator's info metrics."""
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 
@@ -189,6 +190,32 @@ def test_offline_to_online_resume_is_exact_across_the_hand_over(use_scripted, tm
     assert torch.equal(a["train"]["parts"]["buffer"]["data"], b["train"]["parts"]["buffer"]["data"])
     assert _rows(tmp_path / "full") == _rows(cut)
     assert resumed["best_return"] == full["best_return"] and resumed["phases"] == full["phases"]
+
+
+def test_offline_to_online_summary_reports_both_phases_and_the_regret(use_scripted, tmp_path):
+    from offrl.algos import iql
+
+    s = iql.train(iql.Config(run_dir=str(tmp_path / "r"), **O2O))
+    rows = _rows(tmp_path / "r")
+    scores = {r["step"]: r["eval/normalized_score"] for r in rows if "eval/normalized_score" in r}
+    assert sorted(scores) == [20, 30, 40, 60, 70] and all(math.isfinite(v) for v in scores.values())
+    online = [scores[k] for k in (40, 60, 70)]  # evaluations after the hand-over at step 30
+    regret = sum(1 - v / 100 for v in online) / 3
+    assert s["offline_normalized_score"] == pytest.approx(scores[30])
+    assert s["online_normalized_score"] == pytest.approx(scores[70]) == s["final_normalized_score"]
+    assert s["normalized_regret"] == pytest.approx(regret)
+    off, on = s["phases"]
+    assert off["evaluations"] == 2 and on["evaluations"] == 3 and "normalized_regret" not in off
+    assert off["mean_normalized_score"] == pytest.approx((scores[20] + scores[30]) / 2)
+    assert on["normalized_regret"] == pytest.approx(regret)
+    # logged as a running mean over the online evaluations so far
+    logged = {r["step"]: r["eval/normalized_regret"] for r in rows if "eval/normalized_regret" in r}
+    assert sorted(logged) == [40, 60, 70]
+    assert logged[40] == pytest.approx(1 - scores[40] / 100)
+    assert logged[60] == pytest.approx(1 - (scores[40] + scores[60]) / 200)
+    # an offline-only run has none of the offline-to-online keys
+    only = iql.train(iql.Config(run_dir=str(tmp_path / "o"), **{**O2O, "online_steps": 0}))
+    assert "normalized_regret" not in only and "offline_normalized_score" not in only
 
 
 def test_resume_at_the_hand_over_starts_the_online_phase(use_scripted, tmp_path, monkeypatch, default_handlers):

@@ -107,3 +107,21 @@ def test_histograms_one_row_per_distribution_with_exact_counts():
     assert tallest[0] == pytest.approx(tallest[1])  # each row scaled to its own tallest bin
     with pytest.raises(Exception, match="nothing to plot"):
         render_histograms([("e", [])], "x")
+
+
+def test_phase_hand_over_is_marked(tmp_path):
+    from offrl.plot import render_svg
+
+    rows = [{"step": s, "phase": "offline", "eval/return_mean": float(s)} for s in (10, 20, 30)]
+    rows += [{"step": s, "phase": "online", "eval/return_mean": float(s)} for s in (40, 50)]
+    (c,) = curves([_run(tmp_path / "o2o", rows)], "eval/return_mean")
+    assert c.boundaries == ((30, "online"),)  # the last offline step, then the next phase's name
+    root = ET.fromstring(render_svg([c], "eval/return_mean"))
+    marks = [e for e in root.iter(f"{SVG}line") if e.get("class") == "phase"]
+    assert len(marks) == 1
+    texts = [e.text for e in root.iter(f"{SVG}text")]
+    assert "online →" in texts
+    (single,) = curves([_run(tmp_path / "one", _eval_rows([1.0, 2.0]))], "eval/return_mean")
+    assert single.boundaries == ()
+    root = ET.fromstring(render_svg([single], "eval/return_mean"))
+    assert not [e for e in root.iter(f"{SVG}line") if e.get("class") == "phase"]
