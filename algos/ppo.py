@@ -270,6 +270,22 @@ def explained_variance(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor
     return torch.where(var_y == 0, torch.full_like(ev, float("nan")), ev)
 
 
+def gaussian_kl(mu_p: torch.Tensor, std_p: torch.Tensor, mu_q: torch.Tensor, std_q: torch.Tensor) -> torch.Tensor:
+    """Per-dimension KL(N(mu_p, std_p²) ‖ N(mu_q, std_q²))."""
+    return torch.log(std_q / std_p) + (std_p.square() + (mu_p - mu_q).square()) / (2.0 * std_q.square()) - 0.5
+
+
+def sampling_error(act: torch.Tensor, mu: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+    """offrl's sampling-error estimate (not the paper's estimator): with z = (a − μ_θ(s)) / σ_θ, fit
+    N(m, s²) per action dim by maximum likelihood (empirical mean and population std of z) and return
+    Σ_dims KL(N(m, s²) ‖ N(0, 1)); this is KL(π_D ‖ π_θ) for the MLE π_D in the family
+    N(μ_θ(s) + σ_θ m, (σ_θ s)²) (KL is invariant to the shared per-dim affine map). 0 when the data
+    looks exactly like π_θ's samples; about act_dim / N for N true on-policy samples."""
+    z = ((act - mu) / std).reshape(-1, act.shape[-1]).to(torch.float64)
+    m, s = z.mean(0), z.std(0, correction=0).clamp(min=1e-8)
+    return gaussian_kl(m, s, torch.zeros_like(m), torch.ones_like(s)).sum().float()
+
+
 # ------------------------------------------------------------------------------------ rollouts
 class NormalizedRolloutSink(RolloutSink):
     """The rollout sink of a PPO agent. It first updates the agent's normalizers with the step
@@ -395,6 +411,9 @@ class PPO(Agent):
             group["lr"] = lr
         self.learns += 1
         storage.compute_returns(last_value, cfg.gamma, cfg.gae_lambda, cfg.bootstrap_truncation)
+        with torch.no_grad():  # how on-policy the rollout looks to θ before the update (PROPS's diagnostic)
+            dist = self.actor.dist(storage.obs.flatten(0, 1))
+            serr = sampling_error(storage.act.flatten(0, 1), dist.mean, dist.stddev)
         target_kl = cfg.target_kl or None
         clipfrac, evaluated, last = None, 0, None
         stop = False
@@ -428,6 +447,7 @@ class PPO(Agent):
             "approx_kl": last["approx_kl"],
             "clipfrac": clipfrac / evaluated,
             "explained_variance": explained_variance(storage.value.flatten(), storage.ret.flatten()),
+            "sampling_error": serr,
         }
 
     # ------------------------------------------------------------------ state

@@ -35,7 +35,7 @@ import torch
 import torch.nn as nn
 
 from offrl.algos import ppo
-from offrl.algos.ppo import PPO, GaussianPolicy, NormalizedRolloutSink
+from offrl.algos.ppo import PPO, GaussianPolicy, NormalizedRolloutSink, gaussian_kl, sampling_error  # noqa: F401 (re-exported)
 from offrl.collector import Transition
 from offrl.errors import check
 from offrl.preprocess import fill_unset, preset_for
@@ -119,11 +119,6 @@ class Config(ppo.Config):
 
 
 # ------------------------------------------------------------------------------------ losses
-def gaussian_kl(mu_p: torch.Tensor, std_p: torch.Tensor, mu_q: torch.Tensor, std_q: torch.Tensor) -> torch.Tensor:
-    """Per-dimension KL(N(mu_p, std_p²) ‖ N(mu_q, std_q²))."""
-    return torch.log(std_q / std_p) + (std_p.square() + (mu_p - mu_q).square()) / (2.0 * std_q.square()) - 0.5
-
-
 def props_loss(logp_phi: torch.Tensor, logp_theta: torch.Tensor, mu_phi: torch.Tensor, std_phi: torch.Tensor,
                mu_theta: torch.Tensor, std_theta: torch.Tensor, clip: float, lam: float,
                ros: bool = False) -> dict[str, torch.Tensor]:
@@ -141,17 +136,6 @@ def props_loss(logp_phi: torch.Tensor, logp_theta: torch.Tensor, mu_phi: torch.T
         surrogate = torch.max(ratio, ratio.clamp(1.0 - clip, 1.0 + clip)).mean()
     kl = gaussian_kl(mu_phi, std_phi, mu_theta, std_theta).mean()
     return {"loss": surrogate + lam * kl, "surrogate": surrogate, "kl": kl, "approx_kl": approx_kl, "clipfrac": clipfrac}
-
-
-def sampling_error(act: torch.Tensor, mu: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
-    """offrl's sampling-error estimate (not the paper's estimator): with z = (a − μ_θ(s)) / σ_θ, fit
-    N(m, s²) per action dim by maximum likelihood (empirical mean and population std of z) and return
-    Σ_dims KL(N(m, s²) ‖ N(0, 1)); this is KL(π_D ‖ π_θ) for the MLE π_D in the family
-    N(μ_θ(s) + σ_θ m, (σ_θ s)²) (KL is invariant to the shared per-dim affine map). 0 when the data
-    looks exactly like π_θ's samples; about act_dim / N for N true on-policy samples."""
-    z = ((act - mu) / std).reshape(-1, act.shape[-1]).to(torch.float64)
-    m, s = z.mean(0), z.std(0, correction=0).clamp(min=1e-8)
-    return gaussian_kl(m, s, torch.zeros_like(m), torch.ones_like(s)).sum().float()
 
 
 # ------------------------------------------------------------------------------------ storage

@@ -230,10 +230,16 @@ def test_learn_metrics_schedule_and_kl_stops(kl_stop, steps):
                  hidden=(8, 8), total_steps=256, target_kl=1e-12, kl_stop=kl_stop)
     agent = PPO(cfg, 4, 1)
     storage, col = _filled_storage(agent, 32)
+    with torch.no_grad():  # θ before the update: the sampling error compares the rollout's actions with it
+        mu = agent.actor.mean(storage.obs.flatten(0, 1)).numpy().astype(np.float64)
+        std = np.exp(agent.actor.log_std.detach().numpy().astype(np.float64))
     m = agent.learn(storage, agent.state_value(col.obs))
     col.close()
     assert list(m) == ["learning_rate", "value_loss", "policy_loss", "entropy", "old_approx_kl", "approx_kl",
-                       "clipfrac", "explained_variance"]
+                       "clipfrac", "explained_variance", "sampling_error"]
+    z = (storage.act.flatten(0, 1).numpy() - mu) / std
+    zm, zs = z.mean(0), z.std(0)  # MLE Gaussian of the standardized actions vs N(0, 1)
+    assert m["sampling_error"].item() == pytest.approx(float(np.sum(-np.log(zs) + (zs**2 + zm**2) / 2 - 0.5)), rel=1e-4)
     assert all(isinstance(v, torch.Tensor) and v.dim() == 0 and torch.isfinite(v) for v in m.values())
     # a tiny target KL: after the first epoch (epoch check), or before the second minibatch's step (PROPS)
     assert _adam_steps(agent) == steps
