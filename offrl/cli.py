@@ -1,11 +1,12 @@
 """The ``offrl`` command line.
 
     offrl train ALGO [flags]            same flags as `python algos/ALGO.py`
-    offrl eval CHECKPOINT [--episodes N] [--video]
+    offrl eval CHECKPOINT [--episodes N] [--video] [--beta B]
     offrl export CHECKPOINT [--format torchscript|onnx] [--out PATH]
     offrl datasets list | info ID | make ID|PATTERN ... [--force] [--transitions N] [--from-run CKPT]
     offrl bench update --algo iql --device cpu --steps N
     offrl plot RUN [RUN ...] --metric eval/normalized_score --out curves.svg [--labels ...]
+    offrl sweep --algos A [A ...] --datasets PATTERN ... --seeds 0 1 2 --steps N --out DIR
 """
 
 from __future__ import annotations
@@ -61,6 +62,8 @@ def _eval(args: list[str]) -> int:
     p.add_argument("--stochastic", action="store_true", help="sample actions instead of the deterministic mode")
     p.add_argument("--video", action="store_true", help="also record the first episode to an mp4 next to the checkpoint")
     p.add_argument("--json", action="store_true", help="print only the JSON result")
+    p.add_argument("--beta", type=float, default=None,
+                   help="act with this fixed β (algorithms that learn a family of policies, e.g. famo2o)")
     a = p.parse_args(args)
     if a.episodes <= 0:
         raise OffrlError(f"--episodes must be positive, got {a.episodes}")
@@ -90,13 +93,26 @@ def _eval(args: list[str]) -> int:
     video = os.path.join(os.path.dirname(os.path.abspath(a.checkpoint)), "eval.mp4") if a.video else None
     evaluator = Evaluator(env_id, a.episodes, a.seed, ref_min_score=ref_min, ref_max_score=ref_max,
                           deterministic=not a.stochastic, video_path=video)
-    evaluator(agent)
+    policy = agent
+    if a.beta is not None:
+        import inspect
+
+        if "beta" not in inspect.signature(agent.act).parameters:
+            raise OffrlError(f"--beta: {ckpt['algo']} takes no β (it is for algorithms with a family of policies, e.g. famo2o)")
+
+        def policy(obs, deterministic=True):
+            return agent.act(obs, deterministic=deterministic, beta=a.beta)
+
+    evaluator(policy)
     res = dict(evaluator.last)
     res.update({"checkpoint": a.checkpoint, "algo": ckpt["algo"], "env_id": env_id, "dataset": dataset_id})
+    if a.beta is not None:
+        res["beta"] = a.beta
     if video:
         res["video"] = video
     if not a.json:
-        print(f"{ckpt['algo']} on {env_id}: return {res['return_mean']:.1f} ± {res['return_std']:.1f}, "
+        at = f" at β = {a.beta:g}" if a.beta is not None else ""
+        print(f"{ckpt['algo']}{at} on {env_id}: return {res['return_mean']:.1f} ± {res['return_std']:.1f}, "
               f"normalized score {res['normalized_score']:.1f} over {a.episodes} episodes", file=sys.stderr)
     print(json.dumps(json_safe(res)))
     return 0
@@ -244,7 +260,14 @@ def _plot(args: list[str]) -> int:
     return 0
 
 
-COMMANDS = {"train": _train, "eval": _eval, "export": _export, "datasets": _datasets, "bench": _bench, "plot": _plot}
+def _sweep(args: list[str]) -> int:
+    from offrl import sweep
+
+    return sweep.main(args)
+
+
+COMMANDS = {"train": _train, "eval": _eval, "export": _export, "datasets": _datasets, "bench": _bench, "plot": _plot,
+            "sweep": _sweep}
 
 
 @cli_errors

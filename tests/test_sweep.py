@@ -1,0 +1,111 @@
+"""`offrl sweep`: grid expansion and naming, flag checks, skip finished / resume interrupted runs."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+from test_cli import SCRIPTED, assert_one_line_error, cli_main
+
+from offrl.errors import OffrlError
+from offrl.sweep import expand_datasets, parse_sets, plan
+
+TINY = ["hidden=16 16", "batch_size=16", "eval_episodes=1", "eval_every=0", "log_every=10"]
+
+
+def test_grid_expansion_and_naming(tmp_path):
+    ds = expand_datasets(["offrl/hopper/medium*-v0", "offrl/hopper/medium-v0"])
+    assert ds == ["offrl/hopper/medium-expert-v0", "offrl/hopper/medium-replay-v0", "offrl/hopper/medium-v0"]
+    runs = plan(["iql", "td3_bc", "sac"], ds[:2], ["Hopper-v5"], [0, 1], str(tmp_path), steps=500,
+                sets=parse_sets(["batch-size=64"]))
+    names = [r.name for r in runs]
+    assert names[:4] == ["iql/offrl_hopper_medium-expert-v0/seed0", "iql/offrl_hopper_medium-expert-v0/seed1",
+                         "iql/offrl_hopper_medium-replay-v0/seed0", "iql/offrl_hopper_medium-replay-v0/seed1"]
+    assert len(runs) == 2 * 2 * 2 + 2  # offline algorithms × datasets × seeds, then sac × env × seeds
+    assert names[-2:] == ["sac/Hopper-v5/seed0", "sac/Hopper-v5/seed1"]
+    iql = runs[0].command()
+    assert iql[iql.index("--dataset") + 1] == "offrl/hopper/medium-expert-v0"
+    assert iql[iql.index("--steps") + 1] == "500" and iql[iql.index("--batch-size") + 1] == "64"
+    assert iql[iql.index("--run-dir") + 1] == os.path.join(str(tmp_path), "iql/offrl_hopper_medium-expert-v0/seed0")
+    sac = runs[-1].command()
+    assert sac[sac.index("--env") + 1] == "Hopper-v5" and sac[sac.index("--total-steps") + 1] == "500"
+    assert sac[sac.index("--seed") + 1] == "1"
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(algos=["iql"], datasets=["offrl/nothing*"]), "matches no known dataset"),
+    (dict(algos=["iqll"], datasets=[SCRIPTED]), "unknown algorithm 'iqll'"),
+    (dict(algos=["iql"], datasets=[SCRIPTED], sets=["expectilee=0.8"]), "iql has no such flag"),
+    (dict(algos=["sac"], datasets=[SCRIPTED]), "give --envs"),
+    (dict(algos=["iql"], datasets=[SCRIPTED], sets=["expectile"]), "expects key=value"),
+    (dict(algos=["iql"], datasets=[SCRIPTED], sets=["expectile=high"]), "--set for iql"),
+])
+def test_bad_grids_are_one_line_errors(tmp_path, kwargs, message):
+    with pytest.raises(OffrlError, match=message):
+        plan(kwargs["algos"], expand_datasets(kwargs.get("datasets", [])), [], [0], str(tmp_path),
+             sets=parse_sets(kwargs.get("sets", [])))
+
+
+def test_cli_bad_flag_is_one_line(tmp_path, capsys):
+    code, _, err = cli_main(["sweep", "--algos", "iql", "--datasets", SCRIPTED, "--set", "nope=1",
+                             "--out", str(tmp_path / "s")], capsys)
+    assert_one_line_error(code, err, "nope")
+
+
+def _sweep_cmd(out, steps):
+    return [sys.executable, "-m", "offrl.cli", "sweep", "--algos", "iql", "td3_bc", "--datasets", SCRIPTED,
+            "--seeds", "0", "--steps", str(steps), "--workers", "1", "--out", str(out),
+            "--set", *TINY, "checkpoint_every=20"]
+
+
+def test_sweep_skips_finished_and_resumes_interrupted_runs(use_scripted, tmp_path):
+    out = tmp_path / "sweep"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(_sweep_cmd(out, 3000), stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, text=True)
+    first = out / "iql" / SCRIPTED.replace("/", "_") / "seed0"
+    deadline = time.time() + 120
+    while not (first / "checkpoint.pt").exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.2)
+    assert (first / "checkpoint.pt").exists(), proc.communicate()
+    proc.send_signal(signal.SIGTERM)  # stop the sweep: the running run checkpoints and exits
+    stdout, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 130, stderr
+    assert "run the same command again" in stderr
+    assert not (first / "summary.json").exists() and (first / "checkpoint.pt").exists()
+    second = out / "td3_bc" / SCRIPTED.replace("/", "_") / "seed0"
+    assert not second.exists()  # no new run starts once the sweep is stopping
+    plan_file = json.loads((out / "plan.json").read_text())
+    assert [r["name"] for r in plan_file["runs"]] == [f"iql/{SCRIPTED.replace('/', '_')}/seed0",
+                                                      f"td3_bc/{SCRIPTED.replace('/', '_')}/seed0"]
+
+    dry = subprocess.run(_sweep_cmd(out, 3000) + ["--dry-run"], capture_output=True, text=True, env=env)
+    assert dry.returncode == 0 and dry.stdout.split()[0] == "partial" and "--resume" in dry.stdout
+
+    again = subprocess.run(_sweep_cmd(out, 3000), capture_output=True, text=True, env=env, timeout=600)
+    assert again.returncode == 0, again.stderr
+    assert "1 to resume, 1 to start" in again.stdout
+    s1 = json.loads((first / "summary.json").read_text())
+    assert s1["steps"] == 3000 and (second / "summary.json").exists()
+    log = (out / "logs" / f"iql_{SCRIPTED.replace('/', '_')}_seed0.log").read_text()
+    assert "--resume" in log  # the second invocation resumed the interrupted run
+    third = subprocess.run(_sweep_cmd(out, 3000), capture_output=True, text=True, env=env, timeout=120)
+    assert third.returncode == 0 and "2 finished, 0 to resume, 0 to start" in third.stdout
+    result = json.loads(third.stdout.strip().splitlines()[-1])
+    assert result["ran"] == 0 and result["failed"] == []
+
+
+def test_a_failed_run_is_reported_and_the_others_go_on(use_scripted, tmp_path):
+    out = tmp_path / "s"
+    bad = out / "iql" / SCRIPTED.replace("/", "_") / "seed0"
+    bad.mkdir(parents=True)
+    (bad / "checkpoint.pt").write_bytes(b"not a checkpoint")  # a damaged partial run
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    r = subprocess.run(_sweep_cmd(out, 40), capture_output=True, text=True, env=env, timeout=300)
+    assert r.returncode == 1
+    assert f"FAILED iql/{SCRIPTED.replace('/', '_')}/seed0" in r.stdout
+    assert (out / "td3_bc" / SCRIPTED.replace("/", "_") / "seed0" / "summary.json").exists()
