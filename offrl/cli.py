@@ -7,6 +7,7 @@
     offrl bench update --algo iql --device cpu --steps N
     offrl plot RUN [RUN ...] --metric eval/normalized_score --out curves.svg [--labels ...]
     offrl sweep --algos A [A ...] --datasets PATTERN ... --seeds 0 1 2 --steps N --out DIR
+    offrl report SWEEP|RUN ... --out DIR [--split KEY ...]
 """
 
 from __future__ import annotations
@@ -266,8 +267,14 @@ def _sweep(args: list[str]) -> int:
     return sweep.main(args)
 
 
+def _report(args: list[str]) -> int:
+    from offrl import report
+
+    return report.main(args)
+
+
 COMMANDS = {"train": _train, "eval": _eval, "export": _export, "datasets": _datasets, "bench": _bench, "plot": _plot,
-            "sweep": _sweep}
+            "sweep": _sweep, "report": _report}
 
 
 @cli_errors

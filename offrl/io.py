@@ -22,6 +22,16 @@ def atomic_write(path: str, write: Callable[[str], None]) -> str:
     return path
 
 
+def write_text(path: str, text: str) -> str:
+    """Write ``text`` atomically."""
+
+    def write(tmp: str) -> None:
+        with open(tmp, "w") as f:
+            f.write(text)
+
+    return atomic_write(path, write)
+
+
 def write_json(path: str, obj: Any, indent: int | None = 2) -> str:
     """``json.dump`` atomically (with a final newline)."""
 

@@ -162,8 +162,8 @@ def _fmt(x: float) -> str:
     return f"{x:g}"
 
 
-def render_svg(items: list[Curve], metric: str, title: str | None = None) -> str:
-    """The curves as an SVG document (axes, ticks, bands, lines, legend)."""
+def render_svg(items: list[Curve], metric: str, title: str | None = None, xlabel: str = "step") -> str:
+    """The curves as an SVG document (axes, ticks, bands, lines, legend); ``metric`` labels the y axis."""
     xs = np.concatenate([c.steps for c in items]).astype(float)
     lows = [c.values - (c.band if c.band is not None else 0) for c in items]
     highs = [c.values + (c.band if c.band is not None else 0) for c in items]
@@ -195,7 +195,7 @@ def render_svg(items: list[Curve], metric: str, title: str | None = None) -> str
             out.append(f'<line class="phase" x1="{px(step):.1f}" x2="{px(step):.1f}" y1="{TOP}" y2="{TOP + ph}" '
                        'stroke="#555" stroke-dasharray="5,4"/>')
             out.append(f'<text x="{px(step) + 4:.1f}" y="{TOP + ph - 6}" fill="#555">{escape(name)} →</text>')
-    out.append(f'<text x="{LEFT + pw / 2:.1f}" y="{HEIGHT - 14}" text-anchor="middle">step</text>')
+    out.append(f'<text x="{LEFT + pw / 2:.1f}" y="{HEIGHT - 14}" text-anchor="middle">{escape(xlabel)}</text>')
     out.append(f'<text x="16" y="{TOP + ph / 2:.1f}" text-anchor="middle" transform="rotate(-90 16 {TOP + ph / 2:.1f})">'
                f'{escape(metric)}</text>')
     legend = []

@@ -1,0 +1,296 @@
+"""Reports over many runs: per-task tables, aggregates with bootstrap confidence intervals,
+performance profiles, learning curves and runtimes, as Markdown with SVG figures.
+
+    offrl report sweeps/NAME [more sweeps or run dirs ...] --out report/
+    offrl report /work/runs/ppo-* --split preset --out report/      # ppo[preset=cleanrl] vs ppo[preset=props-baseline]
+
+Every run directory found under the given paths (a directory with ``config.json`` and
+``metrics.jsonl``) is one run of (algorithm, task = dataset or env, seed). A run's score is its
+normalized score (``--metric``; the return for tasks without reference scores): **last** is the
+final evaluation, **best** the evaluation with the highest mean return (the summary's meaning).
+Unfinished runs (no ``summary.json``) are left out unless ``--include-unfinished``; a run without
+evaluations is an error naming it.
+
+Aggregates over tasks follow rliable's protocol (Agarwal et al., 2021): with the score matrix of
+runs × tasks of one algorithm,
+
+* **IQM**: the mean of the middle 50 % of all run scores pooled (``trim_mean(·, 0.25)``);
+* **mean** and **median**: of the per-task mean scores;
+* **optimality gap**: γ − mean(min(score, γ)) with γ = 100 (lower is better);
+* 95 % **stratified bootstrap** intervals: each replicate resamples, task by task, that task's
+  runs with replacement, and recomputes the aggregate; the interval is the 2.5 and 97.5
+  percentiles of ``--reps`` replicates (seeded, so a report is reproducible);
+* the **performance profile**: for each threshold τ, the mean over tasks of the fraction of runs
+  scoring above τ.
+
+Tasks may have different numbers of runs; an algorithm's aggregates use the tasks it ran.
+Figures use offrl's SVG renderer (the one ``offrl plot`` uses; no plotting dependency).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from offrl.errors import OffrlError
+
+GAMMA = 100.0  # optimality-gap threshold on normalized scores (expert level)
+
+
+# ------------------------------------------------------------------------------------ aggregates
+def iqm(scores: np.ndarray) -> float:
+    """Interquartile mean of all values: drop ⌊0.25·n⌋ from each end of the sorted values, average the rest."""
+    x = np.sort(np.asarray(scores, dtype=np.float64).ravel())
+    k = int(0.25 * x.size)
+    return float(x[k:x.size - k].mean())
+
+
+def aggregate(name: str, per_task: list[np.ndarray]) -> float:
+    """One aggregate of a list of per-task score arrays (runs of that task)."""
+    if name == "iqm":
+        return iqm(np.concatenate(per_task))
+    if name == "mean":
+        return float(np.mean([t.mean() for t in per_task]))
+    if name == "median":
+        return float(np.median([t.mean() for t in per_task]))
+    if name == "optimality_gap":
+        return float(GAMMA - np.mean(np.minimum(np.concatenate(per_task), GAMMA)))
+    raise ValueError(name)
+
+
+AGGREGATES = ("iqm", "mean", "median", "optimality_gap")
+
+
+def stratified_bootstrap(per_task: list[np.ndarray], name: str, reps: int = 2000, seed: int = 0,
+                         alpha: float = 0.05) -> tuple[float, float]:
+    """(low, high) percentile interval of ``aggregate(name)`` over ``reps`` stratified resamples.
+    Replicate r draws, for each task j in order, ``rng.integers(0, n_j, n_j)`` (n_j: runs of task j)."""
+    rng = np.random.default_rng(seed)
+    values = np.empty(reps)
+    for r in range(reps):
+        values[r] = aggregate(name, [t[rng.integers(0, t.size, t.size)] for t in per_task])
+    return float(np.percentile(values, 100 * alpha / 2)), float(np.percentile(values, 100 * (1 - alpha / 2)))
+
+
+def performance_profile(per_task: list[np.ndarray], taus: np.ndarray) -> np.ndarray:
+    """For each τ: the mean over tasks of the fraction of that task's runs with score > τ."""
+    return np.array([np.mean([(t > tau).mean() for t in per_task]) for tau in taus])
+
+
+# ------------------------------------------------------------------------------------ runs
+@dataclass
+class RunRecord:
+    path: str
+    algo: str
+    task: str
+    seed: int
+    finished: bool
+    last: float
+    best: float
+    steps: int
+    updates: int
+    seconds: float | None
+    curve: tuple[np.ndarray, np.ndarray]
+    boundaries: tuple = ()
+    config: dict = field(default_factory=dict)
+
+
+def find_runs(paths: list[str]) -> list[str]:
+    """Run directories (``config.json`` + ``metrics.jsonl``) at or under ``paths``, sorted."""
+    found: set[str] = set()
+    for p in paths:
+        if not os.path.exists(p):
+            raise OffrlError(f"{p}: no such file or directory")
+        if os.path.isfile(os.path.join(p, "config.json")) and os.path.isfile(os.path.join(p, "metrics.jsonl")):
+            found.add(os.path.normpath(p))
+            continue
+        for root, _, files in os.walk(p):
+            if "config.json" in files and "metrics.jsonl" in files:
+                found.add(os.path.normpath(root))
+    if not found:
+        raise OffrlError(f"no run directories (config.json + metrics.jsonl) under {', '.join(paths)}")
+    return sorted(found)
+
+
+def read_run(path: str, metric: str, split: list[str]) -> RunRecord | None:
+    """One run's record; None for an unfinished run that has no evaluation yet."""
+    from offrl.plot import phase_boundaries, read_metric
+
+    with open(os.path.join(path, "config.json")) as f:
+        meta = json.load(f)
+    cfg = meta.get("config", {})
+    algo = meta.get("algo", "?")
+    if split:
+        algo += "[" + ",".join(f"{k}={cfg.get(k)}" for k in split) + "]"
+    data = meta.get("dataset")
+    task = data["id"] if isinstance(data, dict) and data.get("id") else (meta.get("env_id") or cfg.get("env") or "?")
+    summary_path = os.path.join(path, "summary.json")
+    finished = os.path.isfile(summary_path)
+    try:
+        steps, values, _ = read_metric(path, metric)
+    except OffrlError:
+        if not finished:
+            return None
+        raise OffrlError(f"{path}: a finished run without evaluations of {metric} (was evaluation disabled?)") from None
+    summary = json.load(open(summary_path)) if finished else {}
+    if metric == "eval/normalized_score" and finished:
+        last, best = summary.get("final_normalized_score"), summary.get("best_normalized_score")
+    else:
+        last, best = None, None
+    if last is None:
+        last = float(values[-1])
+    if best is None:  # the evaluation with the highest mean return, as the summary defines "best"
+        try:
+            r_steps, r_values, _ = read_metric(path, "eval/return_mean")
+            at = int(r_steps[int(np.argmax(r_values))])
+            best = float(values[np.searchsorted(steps, at)]) if at in set(steps.tolist()) else float(values.max())
+        except OffrlError:
+            best = float(values.max())
+    return RunRecord(path, algo, task, int(cfg.get("seed", 0)), finished, float(last), float(best),
+                     int(summary.get("steps", steps[-1])), int(summary.get("updates", 0)), summary.get("seconds"),
+                     (steps, values), tuple(phase_boundaries(path)), cfg)
+
+
+# ------------------------------------------------------------------------------------ report
+def _pm(x: np.ndarray) -> str:
+    return f"{x.mean():.1f} ± {x.std():.1f}" if x.size > 1 else f"{x.mean():.1f}"
+
+
+def _ci(value: float, lo: float, hi: float) -> str:
+    return f"{value:.1f} [{lo:.1f}, {hi:.1f}]"
+
+
+def _slug(s: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in s)
+
+
+def build(paths: list[str], out: str, metric: str = "eval/normalized_score", split: list[str] | None = None,
+          reps: int = 2000, seed: int = 0, include_unfinished: bool = False, title: str | None = None) -> dict:
+    """Read the runs, write ``out/report.md`` and its SVG figures; returns the numbers as a dict."""
+    from offrl.io import write_json, write_text
+    from offrl.plot import Curve, render_svg, write_svg
+
+    read = [(p, read_run(p, metric, split or [])) for p in find_runs(paths)]
+    records = [r for _, r in read if r is not None]
+    skipped = [r for r in records if not r.finished] + [p for p, r in read if r is None]
+    if not include_unfinished:
+        records = [r for r in records if r.finished]
+    if not records:
+        raise OffrlError(f"no finished runs under {', '.join(paths)} ({len(skipped)} unfinished; "
+                         "--include-unfinished reports them)")
+    algos = sorted({r.algo for r in records})
+    tasks = sorted({r.task for r in records})
+    cell = {(a, t): [r for r in records if r.algo == a and r.task == t] for a in algos for t in tasks}
+    os.makedirs(out, exist_ok=True)
+    score_name = "normalized score" if metric == "eval/normalized_score" else metric
+    lines = [f"# {title or 'Results'}", "",
+             f"{len(records)} runs: {len(algos)} algorithm(s) × {len(tasks)} task(s). Score: {score_name} "
+             "(last = final evaluation, best = the evaluation with the highest mean return, mean over evaluations = "
+             "the learning curve's mean, a data-efficiency measure); mean ± std over seeds."]
+    if skipped and not include_unfinished:
+        lines.append(f"{len(skipped)} unfinished runs left out.")
+    lines += ["", "## Per task", "", "| task | algorithm | seeds | budget (steps) | last | best | mean over evaluations |",
+              "|---|---|---|---|---|---|---|"]
+    table = {}
+    for t in tasks:
+        for a in algos:
+            rs = cell[(a, t)]
+            if not rs:
+                continue
+            last = np.array([r.last for r in rs])
+            best = np.array([r.best for r in rs])
+            area = np.array([float(r.curve[1].mean()) for r in rs])  # data efficiency: the mean of the learning curve
+            budget = sorted({r.steps for r in rs})
+            lines.append(f"| {t} | {a} | {len(rs)} | {', '.join(f'{b:,}' for b in budget)} | {_pm(last)} | {_pm(best)} | {_pm(area)} |")
+            table[f"{a}|{t}"] = {"seeds": len(rs), "last_mean": float(last.mean()), "last_std": float(last.std()),
+                                 "best_mean": float(best.mean()), "best_std": float(best.std()),
+                                 "curve_mean": float(area.mean()), "curve_std": float(area.std()), "budget": budget}
+
+    # aggregates over tasks (the last score), with stratified bootstrap intervals
+    agg = {}
+    lines += ["", f"## Aggregates over tasks (last score, 95 % stratified bootstrap CI, {reps} replicates)", "",
+              "| algorithm | tasks | runs | IQM | mean | median | optimality gap ↓ |", "|---|---|---|---|---|---|---|"]
+    for a in algos:
+        per_task = [np.array([r.last for r in cell[(a, t)]]) for t in tasks if cell[(a, t)]]
+        row = {}
+        for name in AGGREGATES:
+            lo, hi = stratified_bootstrap(per_task, name, reps, seed)
+            row[name] = {"value": aggregate(name, per_task), "low": lo, "high": hi}
+        agg[a] = row
+        lines.append(f"| {a} | {len(per_task)} | {sum(t.size for t in per_task)} | "
+                     + " | ".join(_ci(row[n]["value"], row[n]["low"], row[n]["high"]) for n in AGGREGATES) + " |")
+
+    # performance profile
+    all_scores = np.array([r.last for r in records])
+    taus = np.linspace(min(0.0, float(all_scores.min())), max(100.0, float(all_scores.max())), 101)
+    profile = []
+    for a in algos:
+        per_task = [np.array([r.last for r in cell[(a, t)]]) for t in tasks if cell[(a, t)]]
+        profile.append(Curve(a, taus, performance_profile(per_task, taus)))
+    write_svg(os.path.join(out, "profile.svg"),
+              render_svg(profile, "fraction of runs with score > τ", "Performance profile (last score)", xlabel="τ"))
+    lines += ["", "## Performance profile", "", "![performance profile](profile.svg)"]
+
+    # learning curves per task: mean ± std over seeds at the steps all seeds logged
+    lines += ["", "## Learning curves", ""]
+    for t in tasks:
+        items = []
+        for a in algos:
+            rs = cell[(a, t)]
+            if not rs:
+                continue
+            common = sorted(set.intersection(*(set(r.curve[0].tolist()) for r in rs)))
+            if not common:
+                continue
+            stack = np.stack([r.curve[1][np.searchsorted(r.curve[0], common)] for r in rs])
+            marks = tuple(sorted({b for r in rs for b in r.boundaries}))
+            items.append(Curve(a, np.array(common), stack.mean(0), stack.std(0) if len(rs) > 1 else None,
+                               runs=len(rs), boundaries=marks))
+        if items:
+            name = f"curves_{_slug(t)}.svg"
+            write_svg(os.path.join(out, name), render_svg(items, metric, t))
+            lines.append(f"![{t}]({name})")
+    # runtime
+    lines += ["", "## Runtime", "", "| task | algorithm | wall time per run | steps/s | updates/s |", "|---|---|---|---|---|"]
+    runtime = {}
+    for t in tasks:
+        for a in algos:
+            rs = [r for r in cell[(a, t)] if r.seconds]
+            if not rs:
+                continue
+            secs = np.array([r.seconds for r in rs])
+            ups = np.array([r.updates / r.seconds for r in rs])
+            sps = np.array([r.steps / r.seconds for r in rs])
+            runtime[f"{a}|{t}"] = {"seconds_mean": float(secs.mean()), "steps_per_s_mean": float(sps.mean()),
+                                   "updates_per_s_mean": float(ups.mean())}
+            lines.append(f"| {t} | {a} | {secs.mean() / 60:.1f} min | {sps.mean():.3g} | {ups.mean():.3g} |")
+    lines += ["", "Wall times are of the machine the runs ran on, with whatever else ran there; compare "
+              "them only within one sweep.", ""]
+    write_text(os.path.join(out, "report.md"), "\n".join(lines))
+    result = {"out": out, "runs": len(records), "unfinished_left_out": 0 if include_unfinished else len(skipped),
+              "algorithms": algos, "tasks": tasks, "table": table, "aggregates": agg, "runtime": runtime}
+    write_json(os.path.join(out, "report.json"), result, indent=1)
+    return result
+
+
+def main(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(prog="offrl report", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("paths", nargs="+", help="sweep directories and/or run directories")
+    p.add_argument("--out", required=True, help="directory for report.md, report.json and the SVG figures")
+    p.add_argument("--metric", default="eval/normalized_score", help="the score (default eval/normalized_score)")
+    p.add_argument("--split", nargs="+", default=[], metavar="KEY",
+                   help="config keys that split an algorithm's runs into separate rows (e.g. preset)")
+    p.add_argument("--reps", type=int, default=2000, help="bootstrap replicates (default 2000)")
+    p.add_argument("--seed", type=int, default=0, help="bootstrap seed (default 0)")
+    p.add_argument("--include-unfinished", action="store_true", help="report unfinished runs at their last evaluation")
+    p.add_argument("--title", default=None)
+    a = p.parse_args(argv)
+    if a.reps < 1:
+        raise OffrlError(f"--reps must be >= 1, got {a.reps}")
+    res = build(a.paths, a.out, a.metric, a.split, a.reps, a.seed, a.include_unfinished, a.title)
+    print(json.dumps({k: res[k] for k in ("out", "runs", "unfinished_left_out", "algorithms", "tasks")}))
+    return 0

@@ -1,0 +1,126 @@
+"""`offrl report`: aggregates against hand computations, the seeded stratified bootstrap, tables
+and figures from run directories, clear errors."""
+
+from __future__ import annotations
+
+import json
+import xml.etree.ElementTree as ET
+
+import numpy as np
+import pytest
+from test_cli import assert_one_line_error, cli_main
+
+from offrl.errors import OffrlError
+from offrl.report import aggregate, build, iqm, performance_profile, stratified_bootstrap
+
+SVG = "{http://www.w3.org/2000/svg}"
+
+
+def test_aggregates_by_hand():
+    # 8 pooled values: drop floor(0.25 * 8) = 2 from each end -> mean of the middle 4
+    assert iqm(np.array([9.0, 1.0, 5.0, 3.0, 100.0, 4.0, 6.0, -50.0])) == pytest.approx((3 + 4 + 5 + 6) / 4)
+    # 5 values: floor(1.25) = 1 from each end
+    assert iqm(np.array([1.0, 2.0, 3.0, 4.0, 50.0])) == pytest.approx(3.0)
+    tasks = [np.array([10.0, 30.0]), np.array([50.0, 70.0, 90.0]), np.array([120.0])]
+    assert aggregate("mean", tasks) == pytest.approx((20 + 70 + 120) / 3)
+    assert aggregate("median", tasks) == pytest.approx(70.0)  # median of the task means 20, 70, 120
+    # gap = 100 - mean(min(x, 100)) over the 6 pooled runs
+    assert aggregate("optimality_gap", tasks) == pytest.approx(100 - (10 + 30 + 50 + 70 + 90 + 100) / 6)
+    assert aggregate("iqm", tasks) == pytest.approx((30 + 50 + 70 + 90) / 4)  # 6 values, 1 cut per end
+
+
+def test_stratified_bootstrap_is_the_documented_resampling():
+    tasks = [np.array([10.0, 30.0, 20.0]), np.array([50.0, 90.0])]
+    lo, hi = stratified_bootstrap(tasks, "mean", reps=500, seed=3)
+    # the same draws, written out: per replicate, per task in order, integers(0, n_j, n_j)
+    rng = np.random.default_rng(3)
+    vals = []
+    for _ in range(500):
+        means = []
+        for t in tasks:
+            idx = rng.integers(0, t.size, t.size)
+            means.append(sum(t[i] for i in idx) / t.size)
+        vals.append(sum(means) / len(means))
+    assert (lo, hi) == pytest.approx((np.percentile(vals, 2.5), np.percentile(vals, 97.5)))
+    assert lo <= aggregate("mean", tasks) <= hi
+    # resampling stays within a task: a task with one run never varies
+    one = [np.array([42.0]), np.array([7.0])]
+    assert stratified_bootstrap(one, "iqm", reps=50) == pytest.approx((24.5, 24.5))
+
+
+def test_performance_profile_by_hand():
+    tasks = [np.array([10.0, 60.0]), np.array([80.0, 90.0, 20.0, 30.0])]
+    prof = performance_profile(tasks, np.array([0.0, 25.0, 70.0, 95.0]))
+    # tau 25: task 1 -> 1/2, task 2 -> 3/4; tau 70: 0 and 2/4
+    np.testing.assert_allclose(prof, [1.0, (0.5 + 0.75) / 2, (0.0 + 0.5) / 2, 0.0])
+
+
+def _fake_run(root, algo, task, seed, scores, returns=None, finished=True, online=False, extra_cfg=None):
+    d = root / f"{algo}-{task.replace('/', '_')}-{seed}"
+    d.mkdir(parents=True)
+    cfg = {"seed": seed, **(extra_cfg or {})}
+    meta = {"algo": algo, "config": cfg, "dataset": None if online else {"id": task}, "env_id": task if online else "X-v5"}
+    (d / "config.json").write_text(json.dumps(meta))
+    returns = returns or [10 * s for s in scores]
+    with open(d / "metrics.jsonl", "w") as f:
+        for i, (s, r) in enumerate(zip(scores, returns)):
+            f.write(json.dumps({"step": 100 * (i + 1), "phase": "offline", "eval/normalized_score": s,
+                                "eval/return_mean": r}) + "\n")
+    if finished:
+        best = int(np.argmax(returns))
+        (d / "summary.json").write_text(json.dumps({"steps": 100 * len(scores), "updates": 100 * len(scores),
+                                                     "seconds": 10.0, "final_normalized_score": scores[-1],
+                                                     "best_normalized_score": scores[best]}))
+    return d
+
+
+def test_report_tables_figures_and_numbers(tmp_path):
+    runs = tmp_path / "runs"
+    for seed, (a, b) in enumerate([(40.0, 70.0), (60.0, 90.0)]):
+        _fake_run(runs, "iql", "d/one", seed, [10.0, a])
+        _fake_run(runs, "iql", "d/two", seed, [20.0, b])
+        _fake_run(runs, "bc", "d/one", seed, [5.0, a / 2])
+    _fake_run(runs, "bc", "d/two", 0, [1.0, 2.0], finished=False)  # unfinished: left out
+    res = build([str(runs)], str(tmp_path / "rep"), reps=200)
+    assert res["runs"] == 6 and res["unfinished_left_out"] == 1
+    assert res["algorithms"] == ["bc", "iql"] and res["tasks"] == ["d/one", "d/two"]
+    t = res["table"]["iql|d/one"]
+    assert (t["seeds"], t["last_mean"], t["last_std"]) == (2, 50.0, 10.0)
+    assert t["curve_mean"] == pytest.approx(((10 + 40) / 2 + (10 + 60) / 2) / 2)
+    assert res["aggregates"]["iql"]["mean"]["value"] == pytest.approx((50 + 80) / 2)
+    assert res["aggregates"]["iql"]["iqm"]["value"] == pytest.approx((60 + 70) / 2)  # 4 values, 1 cut per end
+    assert "bc|d/two" not in res["table"]
+    md = (tmp_path / "rep" / "report.md").read_text()
+    assert "| d/one | iql | 2 | 200 | 50.0 ± 10.0 |" in md
+    for fig in ("profile.svg", "curves_d_one.svg", "curves_d_two.svg"):
+        root = ET.parse(tmp_path / "rep" / fig).getroot()
+        assert root.tag == f"{SVG}svg" and f"]({fig})" in md
+    curves = [e.get("data-label") for e in ET.parse(tmp_path / "rep" / "curves_d_one.svg").getroot().iter(f"{SVG}polyline")]
+    assert curves == ["bc", "iql"]
+    with_unfinished = build([str(runs)], str(tmp_path / "rep2"), reps=10, include_unfinished=True)
+    assert with_unfinished["table"]["bc|d/two"]["last_mean"] == 2.0
+
+
+def test_best_follows_the_highest_return_and_split_keys(tmp_path):
+    runs = tmp_path / "runs"
+    # score and return disagree: best is the evaluation with the highest mean RETURN
+    _fake_run(runs, "ppo", "Hopper-v5", 0, [30.0, 80.0, 50.0], returns=[900.0, 100.0, 200.0], online=True,
+              extra_cfg={"preset": "cleanrl"})
+    _fake_run(runs, "ppo", "Hopper-v5", 1, [30.0, 40.0, 50.0], online=True, extra_cfg={"preset": "props-baseline"})
+    res = build([str(runs)], str(tmp_path / "rep"), reps=10, split=["preset"])
+    assert res["algorithms"] == ["ppo[preset=cleanrl]", "ppo[preset=props-baseline]"]
+    assert res["tasks"] == ["Hopper-v5"]
+    assert res["table"]["ppo[preset=cleanrl]|Hopper-v5"]["best_mean"] == 30.0
+
+
+def test_errors_are_clear(tmp_path, capsys):
+    runs = tmp_path / "runs"
+    d = _fake_run(runs, "iql", "d/one", 0, [10.0])
+    (d / "metrics.jsonl").write_text(json.dumps({"step": 10, "train/loss": 1.0}) + "\n")  # finished, no evaluation
+    with pytest.raises(OffrlError, match="without evaluations"):
+        build([str(runs)], str(tmp_path / "rep"))
+    code, _, err = cli_main(["report", str(tmp_path / "nothing"), "--out", str(tmp_path / "r")], capsys)
+    assert_one_line_error(code, err, "no such file")
+    (tmp_path / "empty").mkdir()
+    code, _, err = cli_main(["report", str(tmp_path / "empty"), "--out", str(tmp_path / "r")], capsys)
+    assert_one_line_error(code, err, "no run directories")
