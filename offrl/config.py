@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import os
 from dataclasses import dataclass
+from typing import Literal
 
 from offrl.agent import config_from_dict, load_checkpoint
 from offrl.errors import OffrlError, check
@@ -36,10 +37,20 @@ class RunConfig:
     """torch.compile the update step."""
     threads: int = 0
     """torch CPU threads (0 = torch's default)."""
+    env_backend: Literal["auto", "gymnasium", "batched"] = "auto"
+    """How training collectors step the env copies: batched (offrl's batched MuJoCo stepper; Hopper-v5, Walker2d-v5, HalfCheetah-v5), gymnasium (a Gymnasium SyncVectorEnv), auto (batched where it applies). Same transitions either way; only the speed differs."""
     progress: bool | None = None
     """Show a progress bar (default: when stderr is a terminal)."""
     heartbeat_seconds: float = 30.0
     """Without a progress bar (nohup, cluster jobs): one line to stderr (step, phase, steps/s, ETA, last score) every this many seconds; 0 turns it off."""
+    track: bool = False
+    """Also log to Weights & Biases (pip install 'offrl[wandb]'; WANDB_MODE=offline works without a network)."""
+    wandb_project: str = "offrl"
+    """W&B project (with --track)."""
+    wandb_group: str | None = None
+    """W&B group, e.g. a sweep's name (with --track)."""
+    wandb_entity: str | None = None
+    """W&B entity (team or user; default: yours) (with --track)."""
 
     def validate(self) -> None:
         """Raise OffrlError for invalid values (extended by algorithm configs)."""
@@ -47,7 +58,13 @@ class RunConfig:
             check(getattr(self, name) > 0, f"--{name.replace('_', '-')} must be positive, got {getattr(self, name)}")
         check(self.eval_every >= 0, f"--eval-every must be >= 0, got {self.eval_every}")
         check(self.threads >= 0, f"--threads must be >= 0, got {self.threads}")
+        check(self.env_backend in ("auto", "gymnasium", "batched"),
+              f"--env-backend must be auto, gymnasium or batched, got '{self.env_backend}'")
         check(self.heartbeat_seconds >= 0, f"--heartbeat-seconds must be >= 0, got {self.heartbeat_seconds}")
+        if self.track:
+            from offrl.tracking import check_wandb
+
+            check_wandb()
 
     def resolve(self, dataset) -> None:
         """Fill dataset-dependent defaults (presets) in place; algorithm configs override."""

@@ -104,8 +104,9 @@ class Logger:
     """
 
     def __init__(self, run_dir: str, total_steps: int, start_step: int = 0, progress: bool | None = None,
-                 desc: str = "train", tensorboard: bool = True, heartbeat_seconds: float = 30.0):
+                 desc: str = "train", tensorboard: bool = True, heartbeat_seconds: float = 30.0, sinks=()):
         self.run_dir = run_dir
+        self.sinks = list(sinks)  # more receivers of every row (e.g. offrl.tracking.WandbSink)
         os.makedirs(run_dir, exist_ok=True)
         self.jsonl_path = os.path.join(run_dir, "metrics.jsonl")
         if start_step > 0 and os.path.exists(self.jsonl_path):
@@ -187,6 +188,8 @@ class Logger:
             if self.tb is not None:
                 self.tb.add_scalar(key, v, step)
         self._jsonl.write(json.dumps(row) + "\n")
+        for sink in self.sinks:
+            sink.log(step, {k: v for k, v in row.items() if k != "step"})
         if "normalized_score" in metrics and math.isfinite(metrics["normalized_score"]):
             self.last_score = float(metrics["normalized_score"])
             self.bar.set_postfix(score=f"{self.last_score:.1f}", refresh=False)
@@ -208,3 +211,5 @@ class Logger:
         self._jsonl.close()
         if self.tb is not None:
             self.tb.close()
+        for sink in self.sinks:
+            sink.close()

@@ -360,8 +360,11 @@ class Run:
     def execute(self) -> dict:
         os.makedirs(self.run_dir, exist_ok=True)
         write_json(os.path.join(self.run_dir, "config.json"), json_safe(self.meta))
+        from offrl.tracking import start_wandb
+
+        wandb = start_wandb(self.cfg, self.run_dir, json_safe(self.meta))
         self.logger = Logger(self.run_dir, self.total, self.step, self.cfg.progress, desc=self.desc,
-                             heartbeat_seconds=self.cfg.heartbeat_seconds)
+                             heartbeat_seconds=self.cfg.heartbeat_seconds, sinks=[wandb] if wandb else [])
         self.logger.start_line(self._start_line())
         if self.evaluator.note:
             self.logger.write(self.evaluator.note)
