@@ -101,8 +101,9 @@ class FrozenPolicy(nn.Module):
 
 
 def adam(params, lr, device: torch.device, **kwargs) -> torch.optim.Adam:
-    """Adam, fused on CPU and CUDA (a tensor ``lr`` makes in-place schedules possible)."""
-    fused = dict(fused=True) if device.type in ("cpu", "cuda") else {}
+    """Adam, fused on CPU and CUDA (a tensor ``lr`` makes in-place schedules possible); capturable
+    on CUDA (its step counters stay on the device, so a whole update can be graph-captured)."""
+    fused = dict(fused=True, capturable=device.type == "cuda") if device.type in ("cpu", "cuda") else {}
     return torch.optim.Adam(params, lr=lr, **fused, **kwargs)
 
 
@@ -287,6 +288,10 @@ class Agent(nn.Module):
             for group in o.param_groups:  # a tensor lr (in-place schedules) must stay on our device
                 if isinstance(group["lr"], torch.Tensor):
                     group["lr"] = group["lr"].to(self.device)
+                if group.get("capturable") and self.device.type != "cuda":
+                    # saved on CUDA (capturable Adam, or one torch.compile flipped): off CUDA a
+                    # capturable Adam asserts at its first step
+                    group["capturable"] = False
 
     def _policy_keys(self) -> set[str]:
         keep = set(self.policy_modules) | {"obs_mean", "obs_std"}

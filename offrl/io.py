@@ -43,8 +43,25 @@ def write_json(path: str, obj: Any, indent: int | None = 2) -> str:
     return atomic_write(path, write)
 
 
-def save_torch(obj: Any, path: str) -> str:
-    """``torch.save`` atomically."""
+def to_cpu(obj: Any) -> Any:
+    """``obj`` with every tensor (in dicts, lists, tuples) moved to the CPU."""
     import torch
 
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().cpu()
+    if isinstance(obj, dict):
+        return {k: to_cpu(v) for k, v in obj.items()}
+    if isinstance(obj, tuple) and hasattr(obj, "_fields"):  # a namedtuple
+        return type(obj)(*(to_cpu(v) for v in obj))
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(to_cpu(v) for v in obj)
+    return obj
+
+
+def save_torch(obj: Any, path: str) -> str:
+    """``torch.save`` atomically, every tensor on the CPU (a checkpoint written on a GPU loads with
+    a plain ``torch.load`` anywhere)."""
+    import torch
+
+    obj = to_cpu(obj)
     return atomic_write(path, lambda tmp: torch.save(obj, tmp))

@@ -2,9 +2,12 @@
 
 * ``brute`` (the default on GPU): the points stay on the device; a query batch is compared with
   every point in chunks. Per chunk the ``candidates`` closest points under the fast expansion
-  ‖x‖² − 2x·p + ‖p‖² are re-scored with the direct Σ(x − p)², so rounding in the expansion (or
-  TF32 matmuls) cannot change the answer unless distances tie to float precision. Everything is
-  tensor ops on the device: no host sync per query.
+  ‖x‖² − 2x·p + ‖p‖² are re-scored with the direct Σ(x − p)². Re-scoring repairs fp32 rounding of
+  the expansion but not a reduced-precision product: with TF32 matmuls (``allow_tf32``, or
+  ``torch.set_float32_matmul_precision("high")``, which inductor suggests) a dense cluster of
+  near-identical points puts the wrong candidates first and the answer is wrong. So when reduced
+  fp32 matmul precision is on, the product x·p is computed in float64 (:func:`ieee_product`);
+  otherwise in float32. Everything is tensor ops on the device: no host sync per query.
 * ``kdtree`` (the default on CPU): a scipy ``cKDTree`` built once, queried exactly (eps = 0) on
   all cores.
 
@@ -22,6 +25,21 @@ import torch
 from offrl.errors import OffrlError
 
 Method = Literal["auto", "brute", "kdtree"]
+
+
+def reduced_precision_matmul(device: torch.device) -> bool:
+    """Whether float32 matmuls on ``device`` may use reduced precision (TF32 or bf16 passes)."""
+    if torch.get_float32_matmul_precision() != "highest":
+        return True
+    return device.type == "cuda" and torch.backends.cuda.matmul.allow_tf32
+
+
+def ieee_product(x: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
+    """x @ p.T at (at least) IEEE float32 accuracy whatever the matmul precision setting: float32
+    when full precision is on, else computed in float64 and returned as float32."""
+    if reduced_precision_matmul(x.device):
+        return torch.matmul(x.double(), p.double().T).float()
+    return torch.matmul(x, p.T)
 
 
 class ExactNN:
@@ -69,7 +87,7 @@ class ExactNN:
         xn = x.square().sum(1, keepdim=True)
         for start in range(0, len(self.points), self.chunk):
             p = self.points[start:start + self.chunk]
-            approx = xn - 2.0 * (x @ p.T) + self.sq_norms[start:start + self.chunk]
+            approx = xn - 2.0 * ieee_product(x, p) + self.sq_norms[start:start + self.chunk]
             k = min(self.candidates, len(p))
             cand = approx.topk(k, dim=1, largest=False).indices  # [B, k]
             exact = (x.unsqueeze(1) - p[cand]).square().sum(-1)  # [B, k]

@@ -298,7 +298,7 @@ class Run:
         """Checkpoint now, inside phase ``phase_index`` (``done``: at its end; a resume starts the
         next phase, or goes on with this one if it was made longer)."""
         parts = {name: obj.state_dict() for name, obj in self.parts.items()}
-        parts.update(metrics=self.acc.state_dict(), rng=rng_state(), evaluator=self.evaluator.state_dict(),
+        parts.update(metrics=self.acc.state_dict(), rng=rng_state(self.agent.device), evaluator=self.evaluator.state_dict(),
                      phase=phase_state)
         train = {"step": self.step, "phase": self.phase_index, "phase_done": done, "phase_start": self.phase_start,
                  "phases": [p.name for p in self.phases], "results": self.results, "parts": parts}
@@ -383,7 +383,7 @@ class Run:
                         if self._resume is not None:
                             if self._resume["phase"] is not None:  # resuming inside this phase
                                 phase.load_state_dict(self._resume["phase"])
-                            set_rng_state(self._resume["rng"])  # as saved, after the phase's own setup
+                            set_rng_state(self._resume["rng"], self.agent.device)  # as saved, after the phase's own setup
                             self._resume = None
                         self._run_phase(phase, stop, clock)
                         self.results.append(self._phase_result(phase))

@@ -197,7 +197,8 @@ class TD3Agent(Agent):
         metrics.update(extra)
         self.iteration += 1
         if self.iteration % self.cfg.policy_freq == 0:
-            self._actor_metrics = self._actor_step(batch, aux)
+            # cloned: under CUDA graphs the step's outputs are overwritten by the next replay
+            self._actor_metrics = {k: v.clone() for k, v in self._actor_step(batch, aux).items()}
         if self._actor_metrics is not None:
             # the latest actor metrics every step: over a log interval their mean is the actor steps' mean
             metrics.update(self._actor_metrics)

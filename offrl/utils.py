@@ -38,8 +38,10 @@ def set_seed(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def rng_state() -> dict:
-    """Global RNG states as tensors/primitives (loadable with ``torch.load(weights_only=True)``)."""
+def rng_state(device: torch.device | str | None = None) -> dict:
+    """Global RNG states as tensors/primitives (loadable with ``torch.load(weights_only=True)``):
+    python, numpy, torch's CPU generator and, for a CUDA ``device``, that device's generator only
+    (a CPU run on a GPU host creates no CUDA context)."""
     np_state = np.random.get_state()
     state = {
         "python": random.getstate(),
@@ -51,19 +53,27 @@ def rng_state() -> dict:
         },
         "torch": torch.get_rng_state(),
     }
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
+    device = torch.device(device) if device is not None else None
+    if device is not None and device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
     return state
 
 
-def set_rng_state(state: dict) -> None:
+def set_rng_state(state: dict, device: torch.device | str | None = None) -> None:
+    """Restore :func:`rng_state`; the CUDA generator goes to the training ``device`` (whatever
+    index it was saved from: a ``cuda:1`` run resumed on ``cuda:0`` restores cuda:0's)."""
     py = state["python"]
     random.setstate((py[0], tuple(py[1]), py[2]))
     n = state["numpy"]
     np.random.set_state(("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached_gaussian"]))
     torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+    device = torch.device(device) if device is not None else None
+    cuda = state.get("cuda")
+    if cuda is not None and device is not None and device.type == "cuda":
+        if isinstance(cuda, (list, tuple)):  # older checkpoints: every device's generator
+            cuda = cuda[device.index or 0] if len(cuda) > (device.index or 0) else None
+        if cuda is not None:
+            torch.cuda.set_rng_state(cuda, device)
 
 
 class StopSignals:

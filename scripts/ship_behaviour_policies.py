@@ -38,7 +38,7 @@ from offrl.utils import set_seed
 
 def stochastic_return(agent, env_id: str, episodes: int, seed: int) -> tuple[float, float]:
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
+        torch.default_generator.manual_seed(seed)  # the CPU generator only: the one fork_rng(devices=[]) restores
         res = evaluate(lambda o: agent.explore(o), env_id, episodes, seed=seed)
     return float(res["return_mean"]), float(res["return_std"])
 

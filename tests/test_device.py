@@ -58,6 +58,8 @@ def test_updates_act_and_checkpoints_on_the_device(name, tmp_path):
     assert isinstance(actions, np.ndarray) and actions.shape == (7, ACT) and np.abs(actions).max() <= 1.0
     path = str(tmp_path / "agent.pt")
     agent.save(path)
+    saved = torch.load(path, weights_only=True, map_location=None)  # a plain load: every tensor is a CPU tensor
+    assert all(t.device.type == "cpu" for t in _tensors(saved))
     on_cpu = algo.agent.load(path, device="cpu")
     assert np.allclose(on_cpu.act(obs), actions, atol=1e-5)  # across devices: close, not bitwise
     again = algo.agent.load(path, device=DEVICE)
@@ -69,3 +71,66 @@ def test_buffer_sampling_state_round_trip_on_the_device():
     a.sample(10)
     b.load_state_dict(a.state_dict())
     assert torch.equal(a.sample(64).obs, b.sample(64).obs)
+
+
+def _tensors(obj):
+    if isinstance(obj, torch.Tensor):
+        yield obj
+    elif isinstance(obj, dict):
+        for v in obj.values():
+            yield from _tensors(v)
+    elif isinstance(obj, (list, tuple)):
+        for v in obj:
+            yield from _tensors(v)
+
+
+def test_a_checkpoint_from_a_capturable_optimizer_trains_on_the_cpu(tmp_path):
+    # saved on CUDA, Adam is capturable (offrl builds it so; torch.compile also flips it): off CUDA
+    # a capturable Adam asserts at its first step unless the flag is reset at load
+    from offrl.algos import iql
+
+    dev = torch.device(DEVICE)
+    cfg = iql.Config(batch_size=32, device=DEVICE, steps=20, **SMALL)
+    cfg.resolve(None)
+    agent = iql.IQL(cfg, OBS, ACT, device=dev)
+    buf = _buffer(dev)
+    agent.update(buf.sample(32))
+    for opt in agent.optimizers.values():
+        for group in opt.param_groups:
+            group["capturable"] = True
+    path = str(tmp_path / "agent.pt")
+    agent.save(path)
+    cpu = iql.IQL.load(path, device="cpu")
+    assert all(not g["capturable"] for o in cpu.optimizers.values() for g in o.param_groups)
+    cpu_buf = _buffer("cpu")
+    assert all(torch.isfinite(v) for v in cpu.update(cpu_buf.sample(32)).values())
+
+
+def test_rng_state_holds_only_the_training_devices_generator():
+    from offrl.utils import rng_state, set_rng_state
+
+    dev = torch.device(DEVICE)
+    state = rng_state(dev)
+    assert ("cuda" in state) == (dev.type == "cuda")
+    assert "cuda" not in rng_state("cpu")  # a CPU run on a GPU host touches no CUDA generator
+    if dev.type == "cuda":
+        a = torch.rand(4, device=dev)
+        set_rng_state(state, dev)
+        assert torch.equal(torch.rand(4, device=dev), a)
+
+
+def test_nearest_neighbour_search_is_exact_with_tf32_on():
+    from offrl.knn import ExactNN
+
+    dev = torch.device(DEVICE)
+    g = torch.Generator().manual_seed(0)
+    points = torch.cat([10.0 * torch.rand(20000, 23, generator=g), 6.0 + 1e-3 * torch.randn(5000, 23, generator=g)])
+    queries = points[-256:] + 2e-4 * torch.randn(256, 23, generator=g)
+    truth = torch.cdist(queries.double(), points.double()).argmin(1)
+    prev = torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision("high")  # TF32 on a GPU
+    try:
+        got = ExactNN(points.to(dev), method="brute", chunk=8192).query(queries.to(dev))
+    finally:
+        torch.set_float32_matmul_precision(prev)
+    assert torch.equal(got.cpu(), truth)

@@ -111,6 +111,21 @@ def test_delayed_actor_and_targets():
     assert agent.iteration == 3
 
 
+def test_cached_actor_metrics_are_copies():
+    # under CUDA graphs a step's outputs are overwritten by the next replay: the cache must not alias them
+    agent = TD3BC(TD3BCConfig(hidden=(8,), policy_freq=1), 3, 2)
+    outputs = {}
+
+    def step(batch, aux):
+        outputs.update(actor_loss=torch.tensor(1.5))
+        return outputs
+
+    agent._actor_step = step
+    agent.update(tiny_batch())
+    outputs["actor_loss"].fill_(-7.0)  # what a later graph replay does to its output buffer
+    assert agent._actor_metrics["actor_loss"].item() == 1.5
+
+
 # ----------------------------------------------------------------------------- nearest neighbour
 @pytest.mark.parametrize("method", ["kdtree", "brute"])
 def test_exact_nn_matches_brute_force(method):
@@ -121,6 +136,44 @@ def test_exact_nn_matches_brute_force(method):
     truth = torch.cdist(queries.double(), points.double()).argmin(1)
     index = ExactNN(points, method=method, chunk=1024, candidates=4)
     assert torch.equal(index.query(queries), truth)
+
+
+def _tf32(x: torch.Tensor) -> torch.Tensor:
+    """Round float32 values to TF32 (10 explicit mantissa bits, round to nearest)."""
+    bits = x.contiguous().view(torch.int32)
+    return ((bits + 0x1000) & ~0x1FFF).view(torch.float32)
+
+
+def test_exact_nn_is_exact_under_tf32_matmuls(monkeypatch):
+    # a dense cluster of near-identical rows (episode starts) away from the data's centre
+    g = torch.Generator().manual_seed(0)
+    spread = 10.0 * torch.rand(4000, 23, generator=g)
+    cluster = 6.0 + 1e-3 * torch.randn(3000, 23, generator=g)
+    points = torch.cat([spread, cluster])
+    queries = cluster[:256] + 2e-4 * torch.randn(256, 23, generator=g)
+    truth = torch.cdist(queries.double(), points.double()).argmin(1)
+    matmul = torch.matmul
+
+    def tf32_matmul(a, b):  # what a GPU does with TF32 on: inputs rounded, fp32 accumulation
+        if a.dtype == torch.float32 and torch.get_float32_matmul_precision() != "highest":
+            return matmul(_tf32(a).double(), _tf32(b).double()).float()
+        return matmul(a, b)
+
+    monkeypatch.setattr(torch, "matmul", tf32_matmul)
+    monkeypatch.setattr(torch.Tensor, "__matmul__", tf32_matmul)
+    prev = torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision("high")
+    try:
+        centred = points - points.double().mean(0).float()
+        q = queries - points.double().mean(0).float()
+        naive = (q.square().sum(1, keepdim=True) - 2.0 * torch.matmul(q, centred.T)
+                 + centred.square().sum(1)).topk(8, dim=1, largest=False).indices
+        # the emulation bites: the true neighbour is often not among the naive TF32 candidates
+        assert (naive == truth.unsqueeze(1)).any(1).float().mean() < 0.5
+        index = ExactNN(points, method="brute", chunk=2048, candidates=8)
+        assert torch.equal(index.query(queries), truth)
+    finally:
+        torch.set_float32_matmul_precision(prev)
 
 
 def test_exact_nn_rejects_bad_shapes():

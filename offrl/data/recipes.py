@@ -117,7 +117,7 @@ def collect_episodes(env_id: str, agent, num_transitions: int, seed: int, num_en
     torch.set_num_threads(1)
     try:
         with torch.random.fork_rng(devices=[]), venv:
-            torch.manual_seed(seed)
+            torch.default_generator.manual_seed(seed)  # the CPU generator only: the one fork_rng(devices=[]) restores
             while total < num_transitions:
                 obs = venv.obs.astype(np.float32)
                 rows["obs"].append(obs)
