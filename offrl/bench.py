@@ -53,14 +53,19 @@ def bench_update(algo: str = "iql", device: str = "cpu", steps: int = 1000, warm
             rng.standard_normal((rows, obs_dim)), (rng.uniform(size=rows) < 0.01))
     agent = cls(cfg, obs_dim, act_dim, device=dev)
     agent.train()
-    t = time.perf_counter()
-    agent.setup_data(buf)  # PRDC: the nearest-neighbour index over all rows
-    setup_s = time.perf_counter() - t
-    update = agent.compiled_update() if compile else agent.update
 
     def sync():
         if dev.type == "cuda":
             torch.cuda.synchronize(dev)
+
+    if dev.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(dev)
+    sync()
+    t = time.perf_counter()
+    agent.setup_data(buf)  # PRDC: the nearest-neighbour index over all rows
+    sync()
+    setup_s = time.perf_counter() - t
+    update = agent.compiled_update() if compile else agent.update
 
     t = time.perf_counter()
     for _ in range(warmup):
@@ -79,5 +84,6 @@ def bench_update(algo: str = "iql", device: str = "cpu", steps: int = 1000, warm
         "updates_per_s": round(steps / dt, 2), "ms_per_update": round(1000 * dt / steps, 4),
         "warmup_s": round(warm_s, 3), "setup_s": round(setup_s, 3), "rows": rows, "metrics_finite": finite, "torch": torch.__version__,
         "gpu": torch.cuda.get_device_name(dev) if dev.type == "cuda" else None,
+        "peak_memory_mb": round(torch.cuda.max_memory_allocated(dev) / 2**20, 1) if dev.type == "cuda" else None,
     }
 

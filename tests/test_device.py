@@ -134,3 +134,38 @@ def test_nearest_neighbour_search_is_exact_with_tf32_on():
     finally:
         torch.set_float32_matmul_precision(prev)
     assert torch.equal(got.cpu(), truth)
+
+
+@pytest.mark.skipif(not DEVICE.startswith("cuda"), reason="compares the CPU with a CUDA device")
+@pytest.mark.parametrize("name", ["iql", "odice"])
+def test_one_update_on_cpu_and_cuda_from_the_same_weights_and_batch(name):
+    algo = registry.get(name)
+    torch.manual_seed(0)
+    cfg = algo.config(batch_size=32, device="cpu", steps=20, **SMALL, **EXTRA.get(name, {}))
+    cfg.resolve(None)
+    cpu = algo.agent(cfg, OBS, ACT, device=torch.device("cpu"))
+    gpu = algo.agent(cfg, OBS, ACT, device=torch.device(DEVICE))
+    gpu.load_state_dict(cpu.state_dict())
+    batch = _buffer("cpu").sample(32)
+    m_cpu = cpu.update(batch)
+    m_gpu = gpu.update(batch.replace(**{k: batch[k].to(DEVICE) for k in batch.keys()}))
+    for k, v in m_cpu.items():
+        assert torch.allclose(v, m_gpu[k].cpu(), rtol=1e-4, atol=1e-5), k
+    for (k, a), b in zip(cpu.state_dict().items(), gpu.state_dict().values()):
+        assert torch.allclose(a.float(), b.float().cpu(), rtol=1e-4, atol=1e-5), k
+
+
+@pytest.mark.skipif(not DEVICE.startswith("cuda"), reason="compiles on the CUDA device (slow on the CPU)")
+def test_a_compiled_step_then_a_cpu_load(tmp_path):
+    from offrl.algos import iql
+
+    cfg = iql.Config(batch_size=32, device=DEVICE, steps=20, compile=True, **SMALL)
+    cfg.resolve(None)
+    agent = iql.IQL(cfg, OBS, ACT, device=torch.device(DEVICE))
+    buf = _buffer(DEVICE)
+    update = agent.compiled_update()
+    for _ in range(3):
+        update(buf.sample(32))
+    agent.save(str(tmp_path / "a.pt"))
+    cpu = iql.IQL.load(str(tmp_path / "a.pt"), device="cpu")
+    assert all(torch.isfinite(v) for v in cpu.update(_buffer("cpu").sample(32)).values())
