@@ -8,6 +8,8 @@
   unsquashed Gaussian.
 * :class:`TanhGaussianActor` — SAC's actor: state-dependent log-std, tanh-squashed sample.
 * :class:`DeterministicActor` — TD3's actor.
+* :func:`orthogonal_init_`, :func:`lecun_init_`, :func:`variance_scaling_` — initialisers (the
+  JAX defaults of the official codes).
 """
 
 from __future__ import annotations
@@ -48,6 +50,54 @@ def orthogonal_init_(module: nn.Module, gain: float = math.sqrt(2.0), last_gain:
                 # ensemble weight is [E, in, out]; orthogonalize the [out, in] view like nn.Linear
                 nn.init.orthogonal_(layer.weight.data[e].T, gain=g)
             nn.init.zeros_(layer.bias)
+    return module
+
+
+_TRUNCATED_NORMAL_STD = 0.87962566103423978  # std of a unit normal truncated to [-2, 2] (JAX's correction)
+
+
+def variance_scaling_(layer: nn.Module, scale: float = 1.0, mode: str = "fan_in",
+                      distribution: str = "truncated_normal") -> nn.Module:
+    """Weights of one (ensemble) linear layer as ``jax.nn.initializers.variance_scaling(scale, mode,
+    distribution)`` draws them, zero biases. Variance σ² = scale / n with n the layer's fan-in,
+    fan-out or their mean (per member for an ensemble layer): ``truncated_normal`` draws
+    N(0, (σ/0.8796)²) truncated at ±2 of its std, ``normal`` N(0, σ²), ``uniform`` U(±√(3σ²))."""
+    if isinstance(layer, nn.Linear):
+        fan_in, fan_out = layer.in_features, layer.out_features
+    elif isinstance(layer, EnsembleLinear):
+        fan_in, fan_out = layer.in_dim, layer.out_dim
+    else:
+        raise TypeError(f"variance_scaling_ takes nn.Linear or EnsembleLinear, got {type(layer).__name__}")
+    fans = {"fan_in": fan_in, "fan_out": fan_out, "fan_avg": (fan_in + fan_out) / 2}
+    if mode not in fans:
+        raise ValueError(f"unknown mode '{mode}', expected one of {sorted(fans)}")
+    var = scale / fans[mode]
+    with torch.no_grad():
+        if distribution == "truncated_normal":
+            std = math.sqrt(var) / _TRUNCATED_NORMAL_STD
+            nn.init.trunc_normal_(layer.weight, 0.0, std, -2.0 * std, 2.0 * std)
+        elif distribution == "normal":
+            nn.init.normal_(layer.weight, 0.0, math.sqrt(var))
+        elif distribution == "uniform":
+            limit = math.sqrt(3.0 * var)
+            nn.init.uniform_(layer.weight, -limit, limit)
+        else:
+            raise ValueError(f"unknown distribution '{distribution}', expected truncated_normal, normal or uniform")
+        nn.init.zeros_(layer.bias)
+    return layer
+
+
+def lecun_init_(module: nn.Module, last_scale: float | None = None) -> nn.Module:
+    """flax ``nn.Dense``'s default initialisation for every (ensemble) linear layer of ``module``:
+    LeCun-normal weights (``variance_scaling(1, fan_in, truncated_normal)``) and zero biases; with
+    ``last_scale`` the last layer gets ``variance_scaling(last_scale, fan_in, uniform)`` instead
+    (the output layers of JaxCQL's networks: 1e-2)."""
+    layers = [m for m in module.modules() if isinstance(m, (nn.Linear, EnsembleLinear))]
+    for i, layer in enumerate(layers):
+        if last_scale is not None and i == len(layers) - 1:
+            variance_scaling_(layer, last_scale, "fan_in", "uniform")
+        else:
+            variance_scaling_(layer, 1.0, "fan_in", "truncated_normal")
     return module
 
 
@@ -255,10 +305,17 @@ class TanhGaussianActor(nn.Module):
         mean, log_std = self.head(self.trunk(obs)).chunk(2, dim=-1)
         return mean, log_std.clamp(self.log_std_min, self.log_std_max)
 
-    def sample(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def sample(self, obs: torch.Tensor, n: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """A reparameterized action and its log-probability, ``[B, A]`` and ``[B]``; with ``n``,
+        ``n`` independent samples per observation from one forward pass, ``[B, n, A]`` and ``[B, n]``."""
         mean, log_std = self(obs)
+        if n is not None:
+            mean, log_std = mean.unsqueeze(-2), log_std.unsqueeze(-2)
+            eps = torch.randn((*mean.shape[:-2], n, mean.shape[-1]), dtype=mean.dtype, device=mean.device)
+        else:
+            eps = torch.randn_like(mean)
         std = log_std.exp()
-        u = mean + std * torch.randn_like(mean)
+        u = mean + std * eps
         logp = gaussian_log_prob(u, mean, std) - tanh_log_det(u)
         return torch.tanh(u), logp
 
