@@ -205,7 +205,11 @@ def _run_one(spec: RunSpec, log_path: str, env: dict, children: dict) -> tuple[i
     return rc, time.time() - t, summary
 
 
-def run_sweep(runs: list[RunSpec], out: str, workers: int, threads: int, echo=print) -> dict:
+def _echo(line: str) -> None:
+    print(line, flush=True)  # a sweep's log is usually a file: one line as it happens
+
+
+def run_sweep(runs: list[RunSpec], out: str, workers: int, threads: int, echo=_echo) -> dict:
     """Run the ``runs`` not yet finished on ``workers`` processes; returns counts and failures.
     One sweep at a time per directory (a lock file); SIGINT/SIGTERM stop it: no new runs start and
     the running ones checkpoint and exit, to be resumed by the next call."""
