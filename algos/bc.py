@@ -14,6 +14,21 @@ into trajectories at terminals, at the dataset's episode ends (timeouts) and eve
 and the top max(1, int(f · n_trajectories)) trajectories (highest G first) are kept. The states are
 normalized by the mean and std (+1e-3) of the kept rows, in training and evaluation alike.
 Adam 3e-4, batch 256, 1M steps, evaluation every 5000 steps over 10 episodes (CORL's defaults).
+
+Two additions for building weak base policies (ResFiT, docs/fetch.md); both are off by default,
+and the defaults train exactly as above:
+
+* ``--episodes N`` trains on the dataset's first N episodes only (a deliberately small demo set;
+  applied before ``--frac``, and the statistics are those rows').
+* ``--chunk K`` predicts an action chunk, as ACT does: the actor outputs K actions
+  π(s_t) = (â_t, …, â_{t+K−1}) and regresses the dataset's next K actions of the same episode,
+
+      L_π = Σ_{B, k, dims} m_{t,k} (â_{t+k} − a_{t+k})² / Σ m_{t,k},   m_{t,k} = 1[t + k ≤ episode end]
+
+  (steps past the episode end are masked, ACT's ``is_pad``). Acting executes the first action of
+  the chunk at every step (receding horizon), so the policy file acts like any other policy with
+  ``act_dim`` outputs. To find each batch row's next K actions the reward column of the buffer
+  carries the row's index when K > 1 (BC does not use rewards).
 """
 
 from __future__ import annotations
@@ -48,6 +63,10 @@ class Config(OfflineConfig):
     """Hidden sizes of the actor MLP."""
     normalize_states: bool = True
     """Normalize states by the mean and std + 1e-3 of the training (kept) rows (CORL: on)."""
+    episodes: int = 0
+    """Train on the dataset's first N episodes only (0: all), e.g. a small demo set for a weak base policy."""
+    chunk: int = 1
+    """Action chunk length K: predict the next K actions, execute the first (ACT-style); 1 = plain BC."""
 
     def validate(self) -> None:
         super().validate()
@@ -56,6 +75,8 @@ class Config(OfflineConfig):
         check(self.max_episode_steps > 0, f"--max-episode-steps must be positive, got {self.max_episode_steps}")
         check(self.actor_lr > 0, f"--actor-lr must be positive, got {self.actor_lr}")
         check(len(self.hidden) > 0 and all(h > 0 for h in self.hidden), f"--hidden must be positive sizes, got {self.hidden}")
+        check(self.episodes >= 0, f"--episodes must be >= 0 (0: all), got {self.episodes}")
+        check(self.chunk >= 1, f"--chunk must be >= 1, got {self.chunk}")
 
 
 # ----------------------------------------------------------------------------- trajectory filter
@@ -108,6 +129,9 @@ def keep_best_trajectories(dataset: Dataset, frac: float, discount: float, max_e
 def prepare(cfg: Config, dataset: Dataset) -> Prepared:
     """The kept trajectories (for --frac < 1) and the state statistics of the rows trained on."""
     train_data = None
+    if cfg.episodes:
+        dataset = first_episodes(dataset, cfg.episodes)
+        train_data = dataset
     if cfg.frac < 1.0:
         rows = keep_best_trajectories(dataset, cfg.frac, cfg.discount, cfg.max_episode_steps)
         # mark every kept trajectory's last row as an episode end (timeout unless terminal), so
@@ -123,7 +147,43 @@ def prepare(cfg: Config, dataset: Dataset) -> Prepared:
     # rows', not the whole dataset's. Evaluation normalizes with the same mean and std (Agent.act).
     rows_used = dataset if train_data is None else train_data
     mean, std = rows_used.state_stats() if cfg.normalize_states else (None, None)
+    if cfg.chunk > 1:  # the reward column carries the row index (see the module doc)
+        check(len(rows_used) < 2**24, f"--chunk: {len(rows_used)} rows is too many to index exactly in float32")
+        return Prepared(dataset=train_data, obs_mean=mean, obs_std=std,
+                        rewards=np.arange(len(rows_used), dtype=np.float32))
     return Prepared(dataset=train_data, obs_mean=mean, obs_std=std)
+
+
+def first_episodes(dataset: Dataset, n: int) -> Dataset:
+    """The dataset's first ``n`` episodes (all of it when it has no more)."""
+    ends = dataset.episode_ends()
+    if n >= len(ends):
+        return dataset
+    return dataset.subset(np.arange(ends[n - 1] + 1))
+
+
+def chunk_targets(actions: torch.Tensor, episode_end: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``[N, k·A]`` targets and mask for action chunks: row t holds a_t, …, a_{t+k−1}, each step
+    past the last row of t's episode (``episode_end[t]``) repeated from that row and masked out."""
+    n = actions.shape[0]
+    idx = torch.arange(n, device=actions.device).unsqueeze(1) + torch.arange(k, device=actions.device)
+    valid = idx <= episode_end.unsqueeze(1)
+    idx = torch.minimum(idx, episode_end.unsqueeze(1))
+    targets = actions[idx].reshape(n, -1)
+    mask = valid.unsqueeze(-1).expand(n, k, actions.shape[1]).reshape(n, -1).to(actions.dtype)
+    return targets, mask
+
+
+def buffer_episode_ends(obs: torch.Tensor, next_obs: torch.Tensor, done: torch.Tensor) -> torch.Tensor:
+    """For every row of time-ordered data, the last row of its episode: an episode ends at a
+    termination, where the next row does not continue it (``next_obs[t] != obs[t+1]``) and at the end."""
+    n = obs.shape[0]
+    last = done > 0
+    if n > 1:
+        last[:-1] |= (next_obs[:-1] != obs[1:]).any(dim=1)
+    last[-1] = True
+    end_rows = torch.nonzero(last).squeeze(1)
+    return end_rows[torch.searchsorted(end_rows, torch.arange(n, device=obs.device))]
 
 
 # ----------------------------------------------------------------------------- agent
@@ -136,15 +196,45 @@ class BC(Agent):
 
     def __init__(self, cfg: Config, obs_dim: int, act_dim: int, obs_mean=None, obs_std=None, device="cpu"):
         super().__init__(cfg, obs_dim, act_dim, obs_mean, obs_std, device)
-        self.actor = DeterministicActor(obs_dim, act_dim, tuple(cfg.hidden))
+        self.chunk = int(getattr(cfg, "chunk", 1))
+        self.actor = DeterministicActor(obs_dim, act_dim * self.chunk, tuple(cfg.hidden))
         self.to(self.device)
         self.optimizers = {"actor": self.adam(self.actor.parameters(), cfg.actor_lr)}  # fused on CPU/CUDA
+        self._chunk_act: torch.Tensor | None = None  # [N, K·A] chunk targets of the buffer rows (--chunk > 1)
+        self._chunk_mask: torch.Tensor | None = None
 
     def policy(self, obs: torch.Tensor, deterministic: bool = True) -> torch.Tensor:
+        if self.chunk > 1:
+            return self.actor(obs)[:, : self.act_dim]  # execute the chunk's first action
         return self.actor(obs)
 
+    def policy_chunk(self, obs: torch.Tensor) -> torch.Tensor:
+        """The predicted chunk ``[B, K, act_dim]`` for normalized observations."""
+        return self.actor(obs).reshape(obs.shape[0], self.chunk, self.act_dim)
+
+    def setup_data(self, buffer) -> None:
+        """--chunk > 1: the next K actions of every buffer row (rows in dataset order)."""
+        if self.chunk == 1:
+            return
+        n = len(buffer)
+        obs, nxt = buffer.column("obs")[:n], buffer.column("next_obs")[:n]
+        ends = buffer_episode_ends(obs, nxt, buffer.column("done")[:n])
+        self._chunk_act, self._chunk_mask = chunk_targets(buffer.column("act")[:n], ends, self.chunk)
+
     def update(self, batch) -> dict[str, torch.Tensor]:
+        if self.chunk > 1:
+            return self._chunk_update(batch)
         actor_loss = F.mse_loss(self.actor(batch.obs), batch.act)
+        opt = self.optimizers["actor"]
+        opt.zero_grad(set_to_none=True)
+        actor_loss.backward()
+        opt.step()
+        return {"actor_loss": actor_loss.detach()}
+
+    def _chunk_update(self, batch) -> dict[str, torch.Tensor]:
+        rows = batch.rew.long()  # the row index (prepare), so the next K actions can be gathered
+        target, mask = self._chunk_act[rows], self._chunk_mask[rows]
+        actor_loss = ((self.actor(batch.obs) - target).square() * mask).sum() / mask.sum()
         opt = self.optimizers["actor"]
         opt.zero_grad(set_to_none=True)
         actor_loss.backward()

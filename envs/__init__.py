@@ -134,5 +134,11 @@ def env_dims(env_id: str) -> tuple[int, int]:
         env.close()
 
 
+# Fetch (gymnasium-robotics, the optional extra offrl[robotics]): offrl/FetchPush-v4 and
+# offrl/FetchPickAndPlace-v4, registered here; the package is imported only when one is made.
+from offrl.envs.robotics import register_fetch_envs as _register_fetch_envs  # noqa: E402
+
+_register_fetch_envs()
+
 __all__ = ["D4RL_ENV_MAP", "reference_scores", "d4rl_env_id", "make_env", "make_vec_env", "env_dims",
            "gym_make", "quiet_mujoco"]

@@ -368,3 +368,137 @@ def test_ten_percent_bc_learns_scripted_pendulum(use_scripted, tmp_path):
                             progress=False, threads=1, run_dir=str(tmp_path / f"s{seed}")))
         finals.append(s["final_return"])
     assert np.mean(finals) >= 30 and np.mean(finals) >= 3 * np.mean(untrained), (finals, untrained)
+
+
+# ----------------------------------------------------------------------------- --episodes and --chunk
+def test_defaults_are_plain_bc():
+    """--episodes 0 and --chunk 1 are the defaults and leave BC as it was: the same actor shape
+    and initial weights, no replaced rows, no chunk table, the plain MSE update."""
+    cfg = Config()
+    assert cfg.episodes == 0 and cfg.chunk == 1
+    torch.manual_seed(0)
+    a = BC(Config(hidden=(5,)), 3, 2)
+    torch.manual_seed(0)
+    b = BC(Config(hidden=(5,), episodes=0, chunk=1), 3, 2)
+    assert a.actor.net.net[-1].out_features == 2
+    for (k, v), (k2, v2) in zip(a.state_dict().items(), b.state_dict().items()):
+        assert k == k2 and torch.equal(v, v2)
+    ds = _hand_dataset()
+    prep = bc.prepare(Config(), ds)
+    assert prep.dataset is None and prep.rewards is None and prep.actions is None
+    a.setup_data(None)  # a no-op at --chunk 1
+    assert a._chunk_act is None
+    batch = _batch()
+    ma, mb = a.update(batch), b.update(batch)
+    assert torch.equal(ma["actor_loss"], mb["actor_loss"])
+
+
+def test_first_episodes_and_prepare_with_episodes():
+    ds = _hand_dataset()  # episodes: rows 0-6 (timeout), 7-8 (terminal), 9-10 (end of data)
+    assert np.array_equal(bc.first_episodes(ds, 1).observations, ds.observations[:7])
+    assert len(bc.first_episodes(ds, 2)) == 9 and bc.first_episodes(ds, 5) is ds
+    prep = bc.prepare(Config(episodes=2), ds)
+    assert len(prep.dataset) == 9 and prep.dataset.episode_lengths().tolist() == [7, 2]
+    mean, std = ds.subset(np.arange(9)).state_stats()
+    assert np.array_equal(prep.obs_mean, mean) and np.array_equal(prep.obs_std, std)
+    # --episodes first, then --frac ranks the trajectories of those episodes only
+    prep = bc.prepare(Config(episodes=2, frac=0.4, discount=0.5, max_episode_steps=3), ds)
+    assert np.array_equal(prep.dataset.observations, ds.observations[[7, 8]])  # G = 4 is the best of 4
+    with pytest.raises(OffrlError, match="--episodes"):
+        Config(episodes=-1).validate()
+    with pytest.raises(OffrlError, match="--chunk"):
+        Config(chunk=0).validate()
+
+
+def test_chunk_targets_and_episode_ends_by_hand():
+    acts = torch.arange(6, dtype=torch.float32).reshape(6, 1) * torch.tensor([[1.0, -1.0]])
+    obs = torch.arange(6, dtype=torch.float32).reshape(6, 1)
+    nxt = obs + 1
+    nxt[2] = 99.0   # row 3 does not continue row 2: an episode ends at row 2 (a timeout)
+    done = torch.zeros(6)
+    done[4] = 1.0   # row 4 terminates
+    ends = bc.buffer_episode_ends(obs, nxt, done)
+    assert ends.tolist() == [2, 2, 2, 4, 4, 5]
+    targets, mask = bc.chunk_targets(acts, ends, 3)
+    # row 1: a_1, a_2, then a_2 repeated (past its episode's end) and masked
+    assert targets[1].tolist() == [1, -1, 2, -2, 2, -2] and mask[1].tolist() == [1, 1, 1, 1, 0, 0]
+    assert targets[3].tolist() == [3, -3, 4, -4, 4, -4] and mask[3].tolist() == [1, 1, 1, 1, 0, 0]
+    assert targets[5].tolist() == [5, -5] * 3 and mask[5].tolist() == [1, 1, 0, 0, 0, 0]
+    assert targets[0].tolist() == [0, 0, 1, -1, 2, -2] and mask[0].sum() == 6
+
+
+def test_chunk_loss_by_hand_and_acting_executes_the_first_action(tmp_path):
+    from offrl.buffer import ReplayBuffer
+
+    hand = _hand_dataset()
+    nxt = np.concatenate([hand.observations[1:], hand.observations[-1:] + 1])  # rows continue each other ...
+    nxt[[6, 8]] += 0.5                                                         # ... except at episode ends
+    ds = Dataset(observations=hand.observations, actions=hand.actions, rewards=hand.rewards, next_observations=nxt,
+                 terminals=hand.terminals, timeouts=hand.timeouts, metadata=hand.metadata)
+    cfg = Config(hidden=(5,), chunk=3)
+    prep = bc.prepare(cfg, ds)
+    assert prep.rewards.tolist() == list(range(11))  # the row index, for gathering the chunk
+    buf = ReplayBuffer.from_dataset(ds, rewards=prep.rewards)
+    torch.manual_seed(0)
+    agent = BC(cfg, 2, 1)
+    assert agent.actor.net.net[-1].out_features == 3
+    agent.setup_data(buf)
+    rows = torch.tensor([0, 5, 6, 8, 10])
+    batch = buf.batch(rows)
+    # by hand: episode ends 6, 8, 10; row r's targets a_r, a_{r+1}, a_{r+2} while inside its episode
+    a = ds.actions[:, 0].astype(np.float64)
+    ends = {0: 6, 5: 6, 6: 6, 8: 8, 10: 10}
+    pred = np_actor(agent, batch.obs.double().numpy())
+    sq, count = 0.0, 0
+    for i, r in enumerate(rows.tolist()):
+        for k in range(3):
+            if r + k <= ends[r]:
+                sq += (pred[i, k] - a[r + k]) ** 2
+                count += 1
+    m = agent.update(batch)
+    assert count == 3 + 2 + 1 + 1 + 1
+    assert m["actor_loss"].item() == pytest.approx(sq / count, rel=1e-6)
+    # acting: the first action of the predicted chunk, act_dim wide
+    obs = np.random.default_rng(0).standard_normal((4, 2)).astype(np.float32)
+    chunk = agent.policy_chunk(torch.as_tensor(obs))
+    assert chunk.shape == (4, 3, 1)
+    assert np.allclose(agent.act(obs), chunk[:, 0].detach().numpy(), atol=1e-7)
+    # a policy file of a chunked BC acts as a frozen base with act_dim outputs
+    agent.save_policy(str(tmp_path / "base.pt"), {"note": "test"})
+    holder = BC(Config(hidden=(5,)), 2, 1)
+    base = holder.frozen_policy("base", str(tmp_path / "base.pt"))
+    out = base(torch.as_tensor(obs))
+    assert out.shape == (4, 1) and torch.allclose(out, torch.as_tensor(agent.act(obs)))
+    assert not any(p.requires_grad for p in base.parameters())
+
+
+def test_chunked_run_resumes_exactly(use_scripted, tmp_path, monkeypatch):
+    """--chunk 3 --episodes 20: the chunk table is rebuilt from the buffer on resume; the resumed
+    run equals the uninterrupted one."""
+    from offrl import logger as logger_mod
+
+    kw = dict(dataset=SCRIPTED, chunk=3, episodes=20, steps=30, eval_every=15, eval_episodes=1,
+              checkpoint_every=15, hidden=(32, 32), batch_size=32, log_every=5, progress=False, threads=1)
+    full = bc.train(Config(run_dir=str(tmp_path / "full"), **kw))
+    assert math.isfinite(full["final_return"])
+    calls = {"n": 0}
+    original = logger_mod.MetricAccumulator.add
+
+    def add_then_die(self, metrics):
+        calls["n"] += 1
+        if calls["n"] > 20:
+            raise KeyboardInterrupt
+        original(self, metrics)
+
+    monkeypatch.setattr(logger_mod.MetricAccumulator, "add", add_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        bc.train(Config(run_dir=str(tmp_path / "cut"), **kw))
+    monkeypatch.setattr(logger_mod.MetricAccumulator, "add", original)
+    bc.train(Config(resume=str(tmp_path / "cut" / "checkpoint.pt"), progress=False, threads=1))
+    a = torch.load(tmp_path / "full" / "checkpoint.pt", weights_only=True)
+    b = torch.load(tmp_path / "cut" / "checkpoint.pt", weights_only=True)
+    for k, v in a["agent"].items():
+        assert torch.equal(v, b["agent"][k]), k
+    with open(tmp_path / "full" / "config.json") as f:
+        config = json.load(f)
+    assert config["dataset"]["episodes"] == 20 and config["config"]["chunk"] == 3

@@ -34,3 +34,4 @@ __all__ = [
 
 from offrl.data import builtin as _builtin  # noqa: E402,F401  (registers offrl's built-in datasets)
 from offrl.data import recipes as _recipes  # noqa: E402,F401  (registers the locomotion recipes)
+from offrl.data import fetch as _fetch  # noqa: E402,F401  (registers the scripted Fetch demos; offrl[robotics])
