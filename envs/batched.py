@@ -15,10 +15,16 @@ these three envs never read.
 
 Episodes are cut at the env's time limit (``truncated``); a copy whose episode ended is reset in
 the same step (same-step autoreset), and the true final observation is returned separately.
+
+``state_dict()``/``load_state_dict()`` save and restore every copy exactly (MuJoCo integration
+state, time-limit counter, reset-noise RNG) in the per-copy format of
+:func:`offrl.collector.env_state`, so a state saved from Gymnasium envs loads here and the other
+way round (the :class:`~offrl.collector.Collector` checkpoints either backend the same way).
 """
 
 from __future__ import annotations
 
+import json
 import os
 from concurrent.futures import ThreadPoolExecutor
 
@@ -58,6 +64,7 @@ class BatchedLocomotion:
         self.spec = env.spec
         self.observation_space = env.observation_space
         self.action_space = env.action_space
+        self.single_observation_space, self.single_action_space = env.observation_space, env.action_space  # as a vector env
         self.max_episode_steps = int(env.spec.max_episode_steps)
         self.model = u.model
         self.frame_skip = int(u.frame_skip)
@@ -201,6 +208,59 @@ class BatchedLocomotion:
             next_obs[ended] = self._obs(self.qpos[ended], self.qvel[ended])
         self.obs = next_obs
         return next_obs, reward, terminated, truncated, final_obs
+
+    # ------------------------------------------------------------------ state
+    def _integration_state(self, i: int) -> np.ndarray:
+        """Copy ``i``'s ``mjSTATE_INTEGRATION`` vector (the layout of ``mujoco.mj_getState``)."""
+        if self.backend == "batch":
+            return self._batch.state[i].copy()
+        mj = self._mj
+        spec = mj.mjtState.mjSTATE_INTEGRATION
+        buf = np.empty(mj.mj_stateSize(self.model, spec))
+        mj.mj_getState(self.model, self.datas[i], buf, spec)
+        return buf
+
+    def state_dict(self) -> dict:
+        """Every copy's exact state: ``{"envs": [{"rng", "mujoco", "elapsed"} per copy]}``.
+
+        ``rng`` is the reset-noise generator's state (JSON), ``mujoco`` the integration state (a
+        float64 tensor: time, qpos, qvel, warm start, controls, ...), ``elapsed`` the time-limit
+        counter: the format of :func:`offrl.collector.env_state` for a Gymnasium env.
+        """
+        import torch
+
+        return {"envs": [{"rng": json.dumps(self.rngs[i].bit_generator.state),
+                          "mujoco": torch.from_numpy(self._integration_state(i)),
+                          "elapsed": int(self.elapsed[i])} for i in range(self.num_envs)]}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore :meth:`state_dict` (or the per-copy states of Gymnasium envs of the same id)."""
+        envs = state["envs"]
+        if len(envs) != self.num_envs:
+            raise OffrlError(f"the state has {len(envs)} env copies, this env has {self.num_envs}")
+        mj = self._mj
+        spec = mj.mjtState.mjSTATE_INTEGRATION
+        size = mj.mj_stateSize(self.model, spec)
+        rows = []
+        for s in envs:
+            if "mujoco" not in s or s["mujoco"].numel() != size:
+                raise OffrlError(f"the saved MuJoCo state does not fit {self.env_id} ({size} numbers expected)")
+            rows.append(s["mujoco"].numpy().astype(np.float64))
+        ids = np.arange(self.num_envs)
+        if self.backend == "batch":
+            self._batch.state[:] = np.stack(rows)
+            self._batch.forward(ids)
+            self.qpos, self.qvel = self._b_qpos.copy(), self._b_qvel.copy()
+        else:
+            for i, row in enumerate(rows):
+                d = self.datas[i]
+                mj.mj_setState(self.model, d, row, spec)
+                mj.mj_forward(self.model, d)
+                self.qpos[i], self.qvel[i] = d.qpos, d.qvel
+        for rng, s in zip(self.rngs, envs):
+            rng.bit_generator.state = json.loads(s["rng"])
+        self.elapsed[:] = [int(s.get("elapsed", 0)) for s in envs]
+        self.obs = self._obs(self.qpos, self.qvel)
 
     def close(self) -> None:
         if self._pool is not None:

@@ -1,5 +1,5 @@
 """Building online runs on the run lifecycle (:mod:`offrl.run`): off-policy (:func:`run_online`: a
-collector over a Gymnasium vector env appends to the shared replay buffer, the agent updates) and
+collector over a vector env (``--env-backend``) appends to the shared replay buffer, the agent updates) and
 on-policy (:func:`run_on_policy`: the collector fills rollout storage, the agent learns from each
 full rollout); evaluation, logging and checkpoints as offline.
 
@@ -50,6 +50,8 @@ class OnlineConfig(RunConfig):
         check(self.learning_starts >= 0, f"--learning-starts must be >= 0, got {self.learning_starts}")
         check(self.updates_per_step > 0, f"--updates-per-step must be positive, got {self.updates_per_step}")
         check(not self.record or self.num_envs == 1, "--record needs --num-envs 1 (rows in time order)")
+        check(not self.record or self.env_backend != "batched",
+              "--record needs the gymnasium env backend (it probes each copy): drop --env-backend batched")
 
 
 def run_online(cfg: OnlineConfig, agent_cls: type[Agent]) -> dict:
@@ -81,7 +83,9 @@ def run_online(cfg: OnlineConfig, agent_cls: type[Agent]) -> dict:
         env.close()
         sinks.append(recorder)
         wrap = PhysicsProbe
-    phase = OnlinePhase(cfg.total_steps, buffer, lambda: Collector(cfg.env, cfg.num_envs, cfg.seed, sinks, wrap=wrap),
+    backend = getattr(cfg, "env_backend", "auto")  # auto with --record: gymnasium (the probe wraps each copy)
+    phase = OnlinePhase(cfg.total_steps, buffer,
+                        lambda: Collector(cfg.env, cfg.num_envs, cfg.seed, sinks, wrap=wrap, backend=backend),
                         cfg.batch_size, cfg.learning_starts, cfg.updates_per_step, with_log_prob=cfg.record)
     parts = {"buffer": buffer, **({"record": recorder} if recorder is not None else {})}
     run = env_run(cfg, agent, phase, run_dir, ckpt, device, parts)
@@ -133,5 +137,6 @@ def run_on_policy(cfg, agent_cls: type[Agent]) -> dict:
     agent = agent_cls(cfg, obs_dim, act_dim, device=device)
     storage = RolloutStorage(getattr(cfg, getattr(agent_cls, "rollout_field", "num_steps")), cfg.num_envs,
                              obs_dim, act_dim, device)
-    phase = OnPolicyPhase(cfg.total_steps, storage, lambda: Collector(cfg.env, cfg.num_envs, cfg.seed))
+    backend = getattr(cfg, "env_backend", "auto")
+    phase = OnPolicyPhase(cfg.total_steps, storage, lambda: Collector(cfg.env, cfg.num_envs, cfg.seed, backend=backend))
     return env_run(cfg, agent, phase, run_dir, ckpt, device).execute()

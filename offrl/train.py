@@ -156,7 +156,8 @@ def run_offline(
 
     phases = [OfflinePhase(cfg.steps, buffer, cfg.batch_size)]
     if cfg.online_steps:
-        phases.append(OnlinePhase(cfg.online_steps, buffer, lambda: Collector(env_id, 1, cfg.seed, [ReplaySink(buffer)]),
+        phases.append(OnlinePhase(cfg.online_steps, buffer, lambda: Collector(env_id, 1, cfg.seed, [ReplaySink(buffer)],
+                                                                     backend=cfg.env_backend),
                                   cfg.batch_size, cfg.online_learning_starts, cfg.online_updates_per_step))
     ref_min = dataset.metadata.get("ref_min_score")
     ref_max = dataset.metadata.get("ref_max_score")

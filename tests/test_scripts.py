@@ -30,7 +30,7 @@ def run_script(name: str, argv: list[str], capsys) -> list[str]:
 
 def test_every_script_is_covered():
     covered = {"ship_behaviour_policies.py", "dataset_card.py", "bench_collect.py", "bench_iql_baseline.py",
-               "compare_iql_speed.py", "cdsa_sweep.py"}
+               "compare_iql_speed.py", "cdsa_sweep.py", "bench_ppo_loop.py"}
     assert {p.name for p in SCRIPTS.glob("*.py")} == covered
 
 
@@ -167,3 +167,12 @@ def test_ship_random_fallback_is_the_runs_initial_actor(tmp_path, capsys):
     shipped = torch.load(out / "hopper-random.pt", weights_only=True)
     assert shipped["agent"].keys() == initial["agent"].keys()
     assert all(torch.equal(v, shipped["agent"][k]) for k, v in initial["agent"].items())
+
+
+def test_bench_ppo_loop_prints_rates(tmp_path, capsys):
+    lines = run_script("bench_ppo_loop.py", ["--env", "InvertedPendulum-v5", "--total-steps", "4096", "--threads", "1",
+                                             "--repeats", "1", "--setups", "gymnasium:1", "--workdir", str(tmp_path)],
+                       capsys)
+    summary = json.loads("\n".join(lines))  # one indented JSON document
+    assert summary["env"] == "InvertedPendulum-v5" and summary["cleanrl"] is None
+    assert summary["summary"]["threads=1"]["gymnasium:1"]["sps"] > 0
