@@ -168,7 +168,18 @@ class RunningMeanStd(nn.Module):
 
     @torch.no_grad()
     def update(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> None:
-        """Merge the batch ``x [B, *shape]`` (only its rows where ``mask [B]`` is true; none: no change)."""
+        """Merge the batch ``x [B, *shape]`` (only its rows where ``mask [B]`` is true; none: no change).
+
+        On the CPU the same float64 arithmetic runs in numpy on views of the buffers (a few µs
+        instead of torch's per-op overhead, which dominated a one-env rollout step); on other
+        devices it stays in torch (no host sync). The elementwise operations are the same, in the
+        same order, so one-row updates are bit-identical either way."""
+        if x.device.type == "cpu":
+            self._update_numpy(x.numpy().astype(np.float64, copy=False), None if mask is None else mask.numpy())
+        else:
+            self._update_torch(x, mask)
+
+    def _update_torch(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> None:
         x = x.to(torch.float64)
         if mask is None:
             n = torch.tensor(float(x.shape[0]), dtype=torch.float64, device=x.device)
@@ -191,6 +202,31 @@ class RunningMeanStd(nn.Module):
         self.var.copy_(var)
         self.count.copy_(total)
 
+    def _update_numpy(self, x: np.ndarray, mask: np.ndarray | None) -> None:
+        if mask is not None:
+            if not mask.any():
+                return
+            x = x[mask]
+        n = float(x.shape[0])
+        if x.shape[0] == 1:  # one row (one env copy): its mean is the row, its variance 0, exactly
+            batch_mean, batch_var = x[0], np.zeros_like(x[0])
+        else:
+            batch_mean, batch_var = x.mean(0), x.var(0)
+        mean, var, count = self.mean.numpy(), self.var.numpy(), self.count.numpy()  # views: written in place
+        delta = batch_mean - mean
+        total = count + n
+        new_mean = mean + delta * n / total
+        m2 = var * count + batch_var * n + np.square(delta) * count * n / total
+        var[...] = m2 / total
+        mean[...] = new_mean
+        count[...] = total
+
+
+def _sqrt(x: np.ndarray) -> np.ndarray:
+    """torch's sqrt of a float64 array (its CPU kernel and numpy's differ in the last bit now and
+    then; using torch's keeps the numpy fast path bit-identical to the torch path)."""
+    return torch.sqrt(torch.from_numpy(np.asarray(x))).numpy()
+
 
 class ObsNormalizer(RunningMeanStd):
     """NormalizeObservation + clip: ``clip((obs − mean) / sqrt(var + 1e-8), ±clip)`` (float32 out)."""
@@ -200,6 +236,12 @@ class ObsNormalizer(RunningMeanStd):
         self.clip = float(clip)
 
     def forward(self, obs: torch.Tensor) -> torch.Tensor:
+        if obs.device.type == "cpu" and not torch.is_grad_enabled():  # numpy: the same arithmetic, less overhead
+            z = (obs.numpy().astype(np.float64, copy=False) - self.mean.numpy()) / _sqrt(self.var.numpy() + 1e-8)
+            return torch.from_numpy(np.clip(z, -self.clip, self.clip).astype(np.float32))
+        return self._forward_torch(obs)
+
+    def _forward_torch(self, obs: torch.Tensor) -> torch.Tensor:
         z = (obs.to(torch.float64) - self.mean) / torch.sqrt(self.var + 1e-8)
         return z.clamp(-self.clip, self.clip).to(torch.float32)
 
@@ -220,9 +262,18 @@ class RewardNormalizer(nn.Module):
 
     @torch.no_grad()
     def forward(self, rew: torch.Tensor, term: torch.Tensor) -> torch.Tensor:
+        if rew.device.type == "cpu":  # numpy: the same arithmetic, less overhead (see RunningMeanStd.update)
+            r = rew.numpy().astype(np.float64, copy=False)
+            ret = self.ret.numpy()
+            ret[...] = ret * self.gamma * (1.0 - term.numpy().astype(np.float64)) + r
+            self.rms._update_numpy(ret, None)
+            return torch.from_numpy(np.clip(r / _sqrt(self.rms.var.numpy() + 1e-8), -self.clip, self.clip))
+        return self._forward_torch(rew, term)
+
+    def _forward_torch(self, rew: torch.Tensor, term: torch.Tensor) -> torch.Tensor:
         rew = rew.to(torch.float64)
         self.ret.copy_(self.ret * self.gamma * (1.0 - term.to(torch.float64)) + rew)
-        self.rms.update(self.ret)
+        self.rms._update_torch(self.ret, None)
         return (rew / torch.sqrt(self.rms.var + 1e-8)).clamp(-self.clip, self.clip)
 
 
@@ -238,6 +289,16 @@ class GaussianPolicy(nn.Module):
     def dist(self, obs: torch.Tensor) -> torch.distributions.Normal:
         mean = self.mean(obs)
         return torch.distributions.Normal(mean, self.log_std.exp().expand_as(mean), validate_args=False)  # no host sync
+
+    @torch.no_grad()
+    def sample(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(a ~ N(μ(s), σ²), Σ log N(a)) with exactly the ops of ``dist(obs).sample()`` and
+        ``.log_prob(a).sum(-1)`` (the same numbers, without the distribution object's overhead)."""
+        mean = self.mean(obs)
+        scale = self.log_std.exp().expand_as(mean)
+        a = torch.normal(mean, scale)
+        logp = -((a - mean) ** 2) / (2 * scale**2) - scale.log() - math.log(math.sqrt(2 * math.pi))
+        return a, logp.sum(-1)
 
 
 def ppo_losses(new_logp: torch.Tensor, old_logp: torch.Tensor, adv: torch.Tensor, new_value: torch.Tensor,
@@ -365,10 +426,8 @@ class PPO(Agent):
         self.obs_pending.zero_()
         self._maybe_pending = False
         nx = self.normalize_obs(x)
-        dist = self.behaviour_policy().dist(nx)
-        sample = dist.sample()
-        extras = {"logp": dist.log_prob(sample).sum(-1), "value": self.critic(nx).squeeze(-1), "policy_obs": nx,
-                  "sample": sample}
+        sample, logp = self.behaviour_policy().sample(nx)
+        extras = {"logp": logp, "value": self.critic(nx).squeeze(-1), "policy_obs": nx, "sample": sample}
         return sample.clamp(-1.0, 1.0).cpu().numpy(), extras
 
     def behaviour_policy(self) -> nn.Module:

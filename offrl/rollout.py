@@ -49,6 +49,13 @@ def _to(x, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
     return torch.as_tensor(np.asarray(x), dtype=dtype, device=device)
 
 
+def _np(x, dtype) -> np.ndarray:
+    """``x`` (a CPU tensor or array-like) as a numpy array of ``dtype`` (a view when it already is one)."""
+    if isinstance(x, torch.Tensor):
+        x = x.detach().numpy()
+    return np.asarray(x).astype(dtype, copy=False)
+
+
 class RolloutStorage:
     """``num_steps`` x ``num_envs`` of on-policy data on ``device``.
 
@@ -102,6 +109,9 @@ class RolloutStorage:
             raise OffrlError(f"rollout storage is full ({self.num_steps} steps); call reset() first")
         if set(extras) != set(self.extras):
             raise OffrlError(f"rollout add: extras {sorted(extras)} do not match the declared {sorted(self.extras)}")
+        if self.device.type == "cpu":  # numpy writes into views of the CPU columns: the same values, less overhead
+            self._add_numpy(obs, act, logp, value, rew, term, trunc, final_value, extras)
+            return
         dev, f32 = self.device, torch.float32
         if final_value is None:
             final_value = torch.zeros(self.num_envs, device=dev)
@@ -113,6 +123,30 @@ class RolloutStorage:
         row.update({k: self._check(k, _to(v, dev, f32)) for k, v in extras.items()})
         for k, v in row.items():
             getattr(self, k)[self.ptr] = v
+        self.ptr += 1
+        self.has_returns = False
+
+    def _add_numpy(self, obs, act, logp, value, rew, term, trunc, final_value, extras) -> None:
+        row = {"obs": obs, "act": act, "logp": logp, "value": value, "rew": rew, **extras}
+        t = self.ptr
+        for k, v in row.items():
+            v = _np(v, np.float32)
+            if v.shape != self._shapes[k]:
+                raise OffrlError(f"rollout add: {k} has shape {v.shape}, expected {self._shapes[k]}")
+            getattr(self, k).numpy()[t] = v
+        term, trunc = _np(term, np.bool_), _np(trunc, np.bool_)
+        for k, v in (("term", term), ("trunc", trunc)):
+            if v.shape != self._shapes[k]:
+                raise OffrlError(f"rollout add: {k} has shape {v.shape}, expected {self._shapes[k]}")
+            getattr(self, k).numpy()[t] = v
+        fv = self.final_value.numpy()
+        if final_value is None:
+            fv[t] = 0.0
+        else:
+            final_value = _np(final_value, np.float32)
+            if final_value.shape != self._shapes["final_value"]:
+                raise OffrlError(f"rollout add: final_value has shape {final_value.shape}, expected {self._shapes['final_value']}")
+            fv[t] = final_value * (trunc & ~term)  # 0 unless truncated, not terminated
         self.ptr += 1
         self.has_returns = False
 

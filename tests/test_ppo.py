@@ -382,3 +382,38 @@ def test_flipped_advantage_sign_fails(tmp_path, monkeypatch):
     monkeypatch.setattr(ppo, "ppo_losses", lambda new_logp, old_logp, adv, *a, **k: original(new_logp, old_logp, -adv, *a, **k))
     summary = _learn(tmp_path)
     assert summary["final_return"] < 50, summary
+
+
+def test_cpu_fast_path_of_the_normalizers_equals_the_torch_path():
+    # on the CPU the running statistics run in numpy on views of the buffers; elsewhere in torch
+    from offrl.algos.ppo import ObsNormalizer, RewardNormalizer
+
+    rng = np.random.default_rng(0)
+    fast, ref = ObsNormalizer(3), ObsNormalizer(3)
+    rfast, rref = RewardNormalizer(1, 0.99), RewardNormalizer(1, 0.99)
+    for t in range(300):
+        x = torch.as_tensor(rng.normal(5.0, 3.0, (1, 3)))
+        mask = torch.tensor([t % 7 != 0])
+        fast.update(x, mask)
+        ref._update_torch(x, mask)
+        fast.update(x)
+        ref._update_torch(x, None)
+        rew, term = torch.as_tensor(rng.normal(size=1)), torch.tensor([t % 50 == 49])
+        a, b = rfast(rew, term), rref._forward_torch(rew, term)
+        assert torch.equal(a, b) and a.dtype == b.dtype == torch.float64
+    # one-row updates: bit-identical statistics and normalized observations
+    for name in ("mean", "var", "count"):
+        assert torch.equal(getattr(fast, name), getattr(ref, name))
+        assert torch.equal(getattr(rfast.rms, name), getattr(rref.rms, name))
+    x = torch.as_tensor(rng.normal(5.0, 30.0, (500, 3)))
+    with torch.no_grad():
+        assert torch.equal(fast(x), ref._forward_torch(x))
+    # batches: equal up to the summation order of the batch mean
+    big = torch.as_tensor(rng.normal(size=(8, 3)))
+    fast.update(big)
+    ref._update_torch(big, None)
+    assert torch.allclose(fast.mean, ref.mean, rtol=1e-12) and torch.allclose(fast.var, ref.var, rtol=1e-12)
+    empty = torch.zeros(8, dtype=torch.bool)
+    before = fast.mean.clone(), fast.count.clone()
+    fast.update(big, empty)
+    assert torch.equal(fast.mean, before[0]) and torch.equal(fast.count, before[1])
