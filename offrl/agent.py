@@ -20,6 +20,7 @@ The agent protocol the run lifecycle (:mod:`offrl.run`) uses:
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import dataclasses
 import os
@@ -34,6 +35,18 @@ from offrl.io import save_torch
 
 CHECKPOINT_FORMAT = "offrl-checkpoint-v1"
 _LOADING_FROZEN: contextvars.ContextVar[dict | None] = contextvars.ContextVar("offrl_frozen", default=None)
+
+
+@contextlib.contextmanager
+def restoring_frozen(ckpt: dict | None):
+    """While building an agent that resumes from ``ckpt``, its ``frozen_policy`` parts come from
+    the copies saved in the checkpoint (not from their original files, which may have changed or
+    gone)."""
+    token = _LOADING_FROZEN.set((ckpt or {}).get("frozen"))
+    try:
+        yield
+    finally:
+        _LOADING_FROZEN.reset(token)
 
 
 def config_to_dict(cfg) -> dict[str, Any]:

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import torch
 
-from offrl.agent import Agent, config_to_dict
+from offrl.agent import Agent, config_to_dict, restoring_frozen
 from offrl.config import RunConfig
 from offrl.errors import check
 
@@ -70,7 +70,8 @@ def run_online(cfg: OnlineConfig, agent_cls: type[Agent]) -> dict:
     obs_dim, act_dim = env_dims(cfg.env)
     device = setup_torch(cfg)
     buffer = ReplayBuffer(obs_dim, act_dim, cfg.buffer_size, device, seed=cfg.seed)
-    agent = agent_cls(cfg, obs_dim, act_dim, device=device)
+    with restoring_frozen(ckpt):
+        agent = agent_cls(cfg, obs_dim, act_dim, device=device)
     recorder = None
     sinks = [ReplaySink(buffer)]
     wrap = None
@@ -134,7 +135,8 @@ def run_on_policy(cfg, agent_cls: type[Agent]) -> dict:
     cfg.validate()
     obs_dim, act_dim = env_dims(cfg.env)
     device = setup_torch(cfg)
-    agent = agent_cls(cfg, obs_dim, act_dim, device=device)
+    with restoring_frozen(ckpt):
+        agent = agent_cls(cfg, obs_dim, act_dim, device=device)
     storage = RolloutStorage(getattr(cfg, getattr(agent_cls, "rollout_field", "num_steps")), cfg.num_envs,
                              obs_dim, act_dim, device)
     backend = getattr(cfg, "env_backend", "auto")

@@ -19,7 +19,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from offrl.agent import Agent, config_to_dict
+from offrl.agent import Agent, config_to_dict, restoring_frozen
 from offrl.config import RunConfig, open_resume
 from offrl.errors import OffrlError, check, check_output_dir
 
@@ -152,7 +152,8 @@ def run_offline(
     transform = DataTransform(prep.obs_mean, prep.obs_std, prep.reward_fn)
     buffer = ReplayBuffer.from_dataset(dataset, device, seed=cfg.seed, capacity=len(dataset) + cfg.online_steps,
                                        transform=transform, rewards=prep.rewards, actions=prep.actions)
-    agent = agent_cls(cfg, dataset.obs_dim, dataset.act_dim, prep.obs_mean, prep.obs_std, device=device)
+    with restoring_frozen(ckpt):
+        agent = agent_cls(cfg, dataset.obs_dim, dataset.act_dim, prep.obs_mean, prep.obs_std, device=device)
 
     phases = [OfflinePhase(cfg.steps, buffer, cfg.batch_size)]
     if cfg.online_steps:

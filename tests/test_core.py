@@ -496,3 +496,24 @@ def test_buffer_state_from_another_device_kind_is_one_clear_error():
     state["generator_device"] = "cuda"  # as a CUDA run would have saved it
     with pytest.raises(OffrlError, match="saved on cuda, this run samples on cpu: resume with --device cuda"):
         _filled(10).load_state_dict(state)
+
+
+def test_a_resumed_run_takes_frozen_parts_from_its_checkpoint(tmp_path):
+    from offrl.agent import restoring_frozen
+    from offrl.algos.sac import SAC
+    from offrl.algos.sac import Config as SACConfig
+
+    torch.manual_seed(0)
+    base = SAC(SACConfig(hidden=(8,)), 3, 2)
+    base.save_policy(str(tmp_path / "base.pt"))
+    saved = torch.load(tmp_path / "base.pt", weights_only=True)
+    agent = SAC(SACConfig(hidden=(8,)), 3, 2)
+    with pytest.raises(Exception):
+        agent.frozen_policy("base", str(tmp_path / "gone.pt"))  # outside a resume: the file must exist
+    with restoring_frozen({"frozen": {"base": saved}}):
+        part = agent.frozen_policy("base", str(tmp_path / "gone.pt"))
+    obs = np.linspace(-1, 1, 12, dtype=np.float32).reshape(4, 3)
+    with torch.no_grad():
+        assert np.array_equal(part(torch.as_tensor(obs)).numpy(), base.act(obs))
+    with restoring_frozen(None):  # a fresh run: the source is used
+        assert agent.frozen_policy("base", str(tmp_path / "base.pt")) is not None
