@@ -51,7 +51,6 @@ from __future__ import annotations
 import copy
 import json
 import math
-import os
 from dataclasses import dataclass
 from typing import Literal
 
@@ -576,8 +575,6 @@ def train(cfg: Config) -> dict:
     from offrl.buffer import ReplayBuffer
     from offrl.collector import Collector
     from offrl.envs import env_dims, reference_scores
-    from offrl.errors import json_safe
-    from offrl.io import write_json
     from offrl.run import Run
     from offrl.train import make_evaluator, setup_torch, start_run
 
@@ -610,10 +607,8 @@ def train(cfg: Config) -> dict:
               summary_extra={"algo": agent.algo, "dataset": None, "env": cfg.env})
     if cfg.disc_mode == "boost":
         run.evaluator.callbacks.append(boosted)
-    summary = run.execute()
-    summary = json_safe({**summary, "expert": expert_info, "boosted": boosted.last or None})
-    write_json(os.path.join(run.run_dir, "summary.json"), summary)
-    return summary
+    run.summary_updates.append(lambda: {"expert": expert_info, "boosted": boosted.last or None})
+    return run.execute()
 
 
 ALGORITHM = register(Algorithm("ailboost", AILBoost, Config, train=train, kind="online",

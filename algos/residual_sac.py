@@ -48,7 +48,6 @@ full action range, no expansion), with the same critic, demos, mixing and schedu
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from typing import Literal
 
@@ -583,9 +582,7 @@ def train(cfg: Config) -> dict:
     from offrl.collector import Collector
     from offrl.data import load_dataset
     from offrl.envs import env_dims
-    from offrl.errors import json_safe
     from offrl.evaluation import evaluate
-    from offrl.io import write_json
     from offrl.run import Run
     from offrl.train import make_evaluator, setup_torch, start_run
 
@@ -638,11 +635,9 @@ def train(cfg: Config) -> dict:
         res = evaluate(lambda o: agent.base(torch.as_tensor(np.asarray(o, np.float32), device=device)).cpu().numpy(), cfg.env,
                        cfg.eval_episodes, evaluator.seed, ref_min, ref_max)
         base_eval.result = {k: v for k, v in res.items() if not isinstance(v, list)}
-    summary = run.execute()
-    last = run.evaluator.last
-    summary = json_safe({**summary, "base": base_eval.result, "final_success_rate": last.get("success_rate")})
-    write_json(os.path.join(run.run_dir, "summary.json"), summary)
-    return summary
+    run.summary_updates.append(lambda: {"base": base_eval.result,
+                                        "final_success_rate": run.evaluator.last.get("success_rate")})
+    return run.execute()
 
 
 ALGORITHM = register(Algorithm("residual_sac", ResidualSAC, Config, train=train, kind="online",

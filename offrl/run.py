@@ -240,6 +240,9 @@ class Run:
         self.run_dir, self.meta, self.parts = run_dir, meta, dict(parts or {})
         self.checkpoint_extra = checkpoint_extra or {}
         self.summary_extra = summary_extra or {}
+        self.summary_updates: list[Callable[[], dict]] = []
+        """Called at the end of :meth:`execute`; each returns keys added to the summary (after the
+        common ones) before ``summary.json`` is written, e.g. an algorithm's own evaluation."""
         self.desc = desc
         self.step = 0
         self.phase_index = 0
@@ -420,6 +423,8 @@ class Run:
             "best_normalized_score": self.evaluator.best_normalized_score,
             **o2o,
         })
+        for fn in self.summary_updates:
+            summary.update(json_safe(fn()))
         write_json(os.path.join(self.run_dir, "summary.json"), summary)
         return summary
 
