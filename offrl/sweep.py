@@ -75,10 +75,11 @@ def _kind(algo: str) -> str:
     return get(algo).kind
 
 
-def _config_fields(algo: str) -> set[str]:
+def _config_fields(algo: str) -> dict[str, object]:
+    """Field name → annotation of the algorithm's config."""
     from offrl.registry import get
 
-    return {f.name for f in dataclasses.fields(get(algo).config)}
+    return {f.name: f.type for f in dataclasses.fields(get(algo).config)}
 
 
 def _check_flags(algo: str, flags: list[str]) -> None:
@@ -162,7 +163,14 @@ def plan(algos: list[str], datasets: list[str], envs: list[str], seeds: list[int
                 key = "total_steps"  # online/on-policy budgets are env steps
             if key not in fields:
                 raise OffrlError(f"--set {key}: {algo} has no such flag" + suggest(key, sorted(fields)))
-            flags += [f"--{key.replace('_', '-')}", *shlex.split(value)]
+            flag = key.replace("_", "-")
+            if fields[key] in (bool, "bool"):  # a plain bool field is a switch: --key / --no-key
+                on = value.strip().lower() in ("true", "1", "yes", "on")
+                if not on and value.strip().lower() not in ("false", "0", "no", "off"):
+                    raise OffrlError(f"--set {key}={value}: expected True or False")
+                flags.append(f"--{flag}" if on else f"--no-{flag}")
+            else:
+                flags += [f"--{flag}", *shlex.split(value)]
         _check_flags(algo, flags)
         for target in targets:
             for seed in seeds:
@@ -299,6 +307,8 @@ def main(argv: list[str]) -> int:
     p.add_argument("--threads", type=int, default=1, help="torch threads per run (default 1)")
     p.add_argument("--workers", type=int, default=None, help="parallel runs (default: cores // threads)")
     p.add_argument("--dry-run", action="store_true", help="print the plan and the state of each run; run nothing")
+    p.add_argument("--track", action="store_true",
+                   help="log every run to Weights & Biases, grouped by the sweep's name (its --out folder)")
     a = p.parse_args(argv)
     if a.threads < 1:
         raise OffrlError(f"--threads must be >= 1, got {a.threads}")
@@ -306,7 +316,11 @@ def main(argv: list[str]) -> int:
     workers = a.workers if a.workers is not None else max(1, cores // a.threads)
     if workers < 1:
         raise OffrlError(f"--workers must be >= 1, got {workers}")
-    runs = plan(a.algos, expand_datasets(a.datasets), a.envs, a.seeds, a.out, a.steps, parse_sets(a.sets), a.threads)
+    sets = parse_sets(a.sets)
+    if a.track:
+        sets.setdefault("track", "True")
+        sets.setdefault("wandb_group", os.path.basename(os.path.normpath(a.out)))
+    runs = plan(a.algos, expand_datasets(a.datasets), a.envs, a.seeds, a.out, a.steps, sets, a.threads)
     if a.dry_run:
         for r in runs:
             print(f"{r.state():8s} {r.name}  {shlex.join(r.command()[2:])}")

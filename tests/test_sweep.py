@@ -109,3 +109,11 @@ def test_a_failed_run_is_reported_and_the_others_go_on(use_scripted, tmp_path):
     assert r.returncode == 1
     assert f"FAILED iql/{SCRIPTED.replace('/', '_')}/seed0" in r.stdout
     assert (out / "td3_bc" / SCRIPTED.replace("/", "_") / "seed0" / "summary.json").exists()
+
+
+def test_track_groups_the_runs_by_the_sweep_name(tmp_path, capsys):
+    code, out, _ = cli_main(["sweep", "--algos", "iql", "--datasets", SCRIPTED, "--out", str(tmp_path / "grid-a"),
+                             "--track", "--dry-run"], capsys)
+    assert code == 0
+    line = out.strip().splitlines()[0]
+    assert "--track " in line and "--wandb-group grid-a" in line
