@@ -267,13 +267,13 @@ class RewardScaling(nn.Module):
     def forward(self, r: float | torch.Tensor) -> torch.Tensor:
         self.R.copy_(self.gamma * self.R + r)
         self.n += 1
-        if self.n.item() == 1:
-            self.mean.copy_(self.R)
-        else:
-            old = self.mean.clone()
-            self.mean.copy_(old + (self.R - old) / self.n)
-            self.S.copy_(self.S + (self.R - old) * (self.R - self.mean))
-            self.std.copy_(torch.sqrt(self.S / self.n))
+        first = self.n == 1  # the first sample sets the mean only (selected, not branched: no host sync)
+        old = self.mean.clone()
+        mean = torch.where(first, self.R, old + (self.R - old) / self.n)
+        S = torch.where(first, self.S, self.S + (self.R - old) * (self.R - mean))
+        self.std.copy_(torch.where(first, self.std, torch.sqrt(S / self.n)))
+        self.mean.copy_(mean)
+        self.S.copy_(S)
         return r / (self.std + 1e-8)
 
     def reset(self) -> None:
@@ -933,16 +933,11 @@ class OnlineStage(OnPolicyPhase):
 
 def train(cfg: Config) -> dict:
     """The whole pipeline as one run: critic → dynamics → bc → improve → (value) → online."""
-    import os
-
-    from offrl.agent import config_to_dict
     from offrl.buffer import ReplayBuffer
     from offrl.collector import Collector
     from offrl.data import load_dataset
-    from offrl.io import write_json
     from offrl.rollout import RolloutStorage
-    from offrl.run import Run
-    from offrl.train import check_dims, make_evaluator, setup_torch, start_run
+    from offrl.train import check_dims, dataset_run, setup_torch, start_run
 
     ckpt, cfg, run_dir = start_run(cfg, UniO4.algo, cfg.dataset)
     dataset = load_dataset(cfg.dataset)
@@ -971,21 +966,17 @@ def train(cfg: Config) -> dict:
         if cfg.reward_scale != "none":
             phases.append(Stage(cfg.value_steps, buffer, cfg.batch_size, name="value"))
         storage = RolloutStorage(cfg.online_num_steps, 1, dataset.obs_dim, dataset.act_dim, device)
-        phases.append(OnlineStage(cfg.online_steps, storage, lambda: Collector(env_id, 1, cfg.seed), name="online"))
-    note = None
-    if env_id is None:
-        why = "is not installed" if dataset.env_id else "is not known"
-        note = f"note: the evaluation env of {dataset.id} ({dataset.env_id}) {why}; training without evaluation"
-    meta = {"algo": UniO4.algo, "config": config_to_dict(cfg), "dataset": dataset.summary(), "env_id": env_id,
-            "device": str(device), "torch": torch.__version__}
-    run = Run(cfg, agent, phases, make_evaluator(cfg, env_id, ref_min, ref_max, note), run_dir, meta,
-              parts={"buffer": buffer}, ckpt=ckpt, desc=f"unio4 {cfg.dataset}",
-              checkpoint_extra={"dataset": dataset.id,
-                                "env": {"env_id": env_id, "ref_min_score": ref_min, "ref_max_score": ref_max}},
-              summary_extra={"algo": UniO4.algo, "dataset": dataset.id, "env": env_id})
-    summary = run.execute()
-    by_name = {p["name"]: p for p in summary["phases"]}
-    summary["unio4"] = {
+        phases.append(OnlineStage(cfg.online_steps, storage,
+                                  lambda: Collector(env_id, 1, cfg.seed, backend=cfg.env_backend), name="online"))
+    run = dataset_run(cfg, agent, phases, dataset, env_id, buffer, run_dir, ckpt, device)
+    run.summary_updates.append(lambda: {"unio4": _unio4_summary(run, agent)})
+    return run.execute()
+
+
+def _unio4_summary(run, agent) -> dict:
+    """The summary's ``unio4`` block: the score after each stage, the member chosen, OPE and real returns."""
+    by_name = {p["name"]: p for p in run.results}
+    return {
         "bc_normalized_score": by_name.get("bc", {}).get("final_normalized_score"),
         "offline_normalized_score": by_name.get("improve", {}).get("final_normalized_score"),
         "online_normalized_score": by_name.get("online", {}).get("final_normalized_score"),
@@ -994,11 +985,6 @@ def train(cfg: Config) -> dict:
         "member_returns": agent.member_returns.tolist(), "model_elites": agent.dynamics.elites.tolist(),
         "history": agent.history,
     }
-    from offrl.errors import json_safe
-
-    summary = json_safe(summary)
-    write_json(os.path.join(run_dir, "summary.json"), summary)
-    return summary
 
 
 ALGORITHM = register(Algorithm("unio4", UniO4, Config, train=train, kind="offline", benchmark=False,

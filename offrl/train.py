@@ -132,7 +132,7 @@ def run_offline(
     from offrl.buffer import DataTransform, ReplayBuffer
     from offrl.collector import Collector, ReplaySink
     from offrl.data import load_dataset
-    from offrl.run import OfflinePhase, OnlinePhase, Run
+    from offrl.run import OfflinePhase, OnlinePhase
 
     ckpt, cfg, run_dir = start_run(cfg, agent_cls.algo, cfg.dataset)
     if cfg.online_steps and not agent_cls.online_continuation:
@@ -160,17 +160,26 @@ def run_offline(
         phases.append(OnlinePhase(cfg.online_steps, buffer, lambda: Collector(env_id, 1, cfg.seed, [ReplaySink(buffer)],
                                                                      backend=cfg.env_backend),
                                   cfg.batch_size, cfg.online_learning_starts, cfg.online_updates_per_step))
+    return dataset_run(cfg, agent, phases, dataset, env_id, buffer, run_dir, ckpt, device).execute()
+
+
+def dataset_run(cfg: RunConfig, agent: Agent, phases: list, dataset, env_id: str | None, buffer, run_dir: str,
+                ckpt, device):
+    """The :class:`~offrl.run.Run` of an algorithm trained on ``dataset``: evaluation in ``env_id``
+    with the dataset's reference scores (a note when there is no env), ``config.json`` metadata,
+    the buffer as a checkpointed part, and the dataset's keys in checkpoints and the summary."""
+    from offrl.run import Run
+
     ref_min = dataset.metadata.get("ref_min_score")
     ref_max = dataset.metadata.get("ref_max_score")
     note = None
     if env_id is None:
         why = "is not installed" if dataset.env_id else "is not known"
         note = f"note: the evaluation env of {dataset.id} ({dataset.env_id}) {why}; training without evaluation"
-    meta = {"algo": agent_cls.algo, "config": config_to_dict(cfg), "dataset": dataset.summary(), "env_id": env_id,
+    meta = {"algo": agent.algo, "config": config_to_dict(cfg), "dataset": dataset.summary(), "env_id": env_id,
             "device": str(device), "torch": torch.__version__}
-    run = Run(cfg, agent, phases, make_evaluator(cfg, env_id, ref_min, ref_max, note), run_dir, meta,
-              parts={"buffer": buffer}, ckpt=ckpt, desc=f"{agent_cls.algo} {cfg.dataset}",
-              checkpoint_extra={"dataset": dataset.id,
-                                "env": {"env_id": env_id, "ref_min_score": ref_min, "ref_max_score": ref_max}},
-              summary_extra={"algo": agent_cls.algo, "dataset": dataset.id, "env": env_id})
-    return run.execute()
+    return Run(cfg, agent, phases, make_evaluator(cfg, env_id, ref_min, ref_max, note), run_dir, meta,
+               parts={"buffer": buffer}, ckpt=ckpt, desc=f"{agent.algo} {cfg.dataset}",
+               checkpoint_extra={"dataset": dataset.id,
+                                 "env": {"env_id": env_id, "ref_min_score": ref_min, "ref_max_score": ref_max}},
+               summary_extra={"algo": agent.algo, "dataset": dataset.id, "env": env_id})
