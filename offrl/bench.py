@@ -1,9 +1,14 @@
-"""Update-step benchmark: ``offrl bench update --algo iql --device cpu --steps N``.
+"""Benchmarks; each prints one JSON line. Benchmarks, not tests.
 
-Builds the agent on a synthetic packed buffer (100k rows) of D4RL locomotion dimensions (obs 17,
-act 6 by default), runs
-warm-up updates, then times ``steps`` updates (synchronizing the device at the ends only) and
-prints one JSON line with ``updates_per_s``. A benchmark, not a test.
+* ``offrl bench update --algo iql --device cpu --steps N`` — the update step alone: the agent on a
+  synthetic packed buffer (100k rows) of D4RL locomotion dimensions (obs 17, act 6 by default),
+  warm-up updates, then ``steps`` timed updates (the device synchronized at the ends only);
+  ``updates_per_s``.
+* ``offrl bench loop --algo ppo --env Hopper-v5 --steps N [-- train flags]`` — the whole training
+  loop of an online or on-policy algorithm (env stepping, normalizers, policy forwards, replay or
+  rollout storage, updates), run through its ``train`` with evaluation and checkpoints off, in a
+  temporary run directory; ``env_steps_per_s`` between the first and the last log row (start-up and
+  the first interval left out), ``cpu_steps_per_s`` the same per CPU second of the process.
 """
 
 from __future__ import annotations
@@ -87,3 +92,50 @@ def bench_update(algo: str = "iql", device: str = "cpu", steps: int = 1000, warm
         "peak_memory_mb": round(torch.cuda.max_memory_allocated(dev) / 2**20, 1) if dev.type == "cuda" else None,
     }
 
+
+
+def bench_loop(algo: str = "ppo", env: str = "Hopper-v5", steps: int = 20480, threads: int = 1, device: str = "cpu",
+               log_every: int = 2048, flags: list[str] | None = None, seed: int = 0) -> dict:
+    """Env steps/s of the whole training loop of an online or on-policy algorithm (see the module docstring)."""
+    import contextlib
+    import dataclasses
+    import os
+    import tempfile
+
+    from offrl import run as run_module
+    from offrl.cli import parse_config
+    from offrl.registry import get
+
+    entry = get(algo)
+    if entry.kind not in ("online", "on-policy"):
+        raise OffrlError(f"offrl bench loop times online and on-policy algorithms; {algo} is {entry.kind} "
+                         "(use `offrl bench update`)")
+    if steps <= 0 or log_every <= 0 or steps < 3 * log_every:
+        raise OffrlError(f"--steps must be at least 3 × --log-every ({log_every}), got {steps}")
+    marks: list[tuple[int, float, float]] = []
+    original = run_module.Run._log
+
+    def marked(self, phase, clock):
+        original(self, phase, clock)
+        marks.append((self.step, time.perf_counter(), time.process_time()))
+
+    with tempfile.TemporaryDirectory(prefix="offrl-bench-") as tmp, contextlib.ExitStack() as stack:
+        cfg = parse_config(entry.config, [*(flags or []), "--env", env], prog=f"offrl bench loop {algo}")
+        cfg = dataclasses.replace(cfg, total_steps=steps, eval_every=0, eval_episodes=1, log_every=log_every,
+                                  checkpoint_every=steps, run_dir=os.path.join(tmp, "run"), threads=threads,
+                                  device=device, seed=seed, progress=False, heartbeat_seconds=0.0)
+        run_module.Run._log = marked
+        stack.callback(setattr, run_module.Run, "_log", original)
+        t0 = time.perf_counter()
+        with contextlib.redirect_stdout(open(os.devnull, "w")):
+            entry.train(cfg)
+        wall = time.perf_counter() - t0
+    if len(marks) < 2:
+        raise OffrlError("the run logged fewer than two rows; raise --steps")
+    (s0, w0, c0), (s1, w1, c1) = marks[0], marks[-1]
+    return {
+        "algo": algo, "env": env, "device": device, "threads": threads, "steps": steps, "log_every": log_every,
+        "flags": list(flags or []), "env_steps_per_s": round((s1 - s0) / (w1 - w0), 2),
+        "cpu_steps_per_s": round((s1 - s0) / max(c1 - c0, 1e-9), 2), "timed_steps": s1 - s0,
+        "wall_s": round(wall, 2), "torch": torch.__version__,
+    }

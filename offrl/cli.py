@@ -5,6 +5,7 @@
     offrl export CHECKPOINT [--format torchscript|onnx] [--out PATH]
     offrl datasets list | info ID | make ID|PATTERN ... [--force] [--transitions N] [--from-run CKPT]
     offrl bench update --algo iql --device cpu --steps N
+    offrl bench loop --algo ppo --env Hopper-v5 --steps N [-- train flags]
     offrl plot RUN [RUN ...] --metric eval/normalized_score --out curves.svg [--labels ...]
     offrl sweep --algos A [A ...] --datasets PATTERN ... --seeds 0 1 2 --steps N --out DIR
     offrl report SWEEP|RUN ... --out DIR [--split KEY ...]
@@ -237,7 +238,27 @@ def _bench(args: list[str]) -> int:
     u.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch default)")
     u.add_argument("--compile", action="store_true", help="torch.compile the update step")
     u.add_argument("--rows", type=int, default=100_000, help="rows of the synthetic dataset (PRDC searches all of them)")
+    lp = sub.add_parser("loop", help="env steps/s of an online or on-policy algorithm's whole training loop",
+                        description="Env steps/s of the whole training loop (env stepping, normalizers, storage, "
+                                    "updates) of an online or on-policy algorithm, evaluation and checkpoints off; "
+                                    "flags after -- go to the algorithm (e.g. -- --num-envs 4 --env-backend batched).")
+    lp.add_argument("--algo", default="ppo")
+    lp.add_argument("--env", default="Hopper-v5")
+    lp.add_argument("--steps", type=int, default=20480, help="env steps of the run (default 20480)")
+    lp.add_argument("--log-every", type=int, default=2048, help="env steps between marks (default 2048)")
+    lp.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
+    lp.add_argument("--device", default="cpu")
+    lp.add_argument("--seed", type=int, default=0)
+    extra: list[str] = []
+    if "--" in args:
+        cut = args.index("--")
+        args, extra = args[:cut], args[cut + 1:]
     a = p.parse_args(args)
+    if a.cmd == "loop":
+        from offrl.bench import bench_loop
+
+        print(json.dumps(bench_loop(a.algo, a.env, a.steps, a.threads, a.device, a.log_every, extra, a.seed)))
+        return 0
     if a.rows < a.batch_size:
         raise OffrlError(f"--rows must be at least --batch-size ({a.batch_size}), got {a.rows}")
     print(json.dumps(bench_update(a.algo, a.device, a.steps, a.warmup, a.batch_size, a.obs_dim, a.act_dim,

@@ -362,6 +362,24 @@ def test_registry_entry_and_bench():
         bench_update("ppo", steps=1)
 
 
+def test_bench_loop_cli_times_the_whole_ppo_loop(capsys):
+    from offrl.cli import main
+
+    assert main(["bench", "loop", "--algo", "ppo", "--env", "InvertedPendulum-v5", "--steps", "96", "--log-every", "32",
+                 "--", "--num-steps", "32", "--num-minibatches", "2", "--update-epochs", "1"]) == 0
+    res = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert res["algo"] == "ppo" and res["env"] == "InvertedPendulum-v5" and res["steps"] == 96
+    assert res["timed_steps"] == 64  # the marks after the first and the last logging interval
+    assert res["env_steps_per_s"] > 0 and res["cpu_steps_per_s"] > 0
+    assert res["flags"] == ["--num-steps", "32", "--num-minibatches", "2", "--update-epochs", "1"]
+    from offrl.bench import bench_loop
+
+    with pytest.raises(OffrlError, match="iql is offline"):
+        bench_loop("iql")
+    with pytest.raises(OffrlError, match="at least 3"):
+        bench_loop("ppo", steps=100, log_every=64)
+
+
 # ------------------------------------------------------------------------------------ learning
 def _learn(tmp_path, seed=0):
     # measured (2-core CPU, 1 thread): 40960 steps ~45 s; final eval 1000 / 1000 / 1000 for seeds 0-2; random ~5
