@@ -27,8 +27,8 @@ and the defaults train exactly as above:
 
   (steps past the episode end are masked, ACT's ``is_pad``). Acting executes the first action of
   the chunk at every step (receding horizon), so the policy file acts like any other policy with
-  ``act_dim`` outputs. To find each batch row's next K actions the reward column of the buffer
-  carries the row's index when K > 1 (BC does not use rewards).
+  ``act_dim`` outputs. To find each batch row's next K actions, the buffer has an extra column
+  ``row`` (the row's index) when K > 1.
 """
 
 from __future__ import annotations
@@ -147,10 +147,10 @@ def prepare(cfg: Config, dataset: Dataset) -> Prepared:
     # rows', not the whole dataset's. Evaluation normalizes with the same mean and std (Agent.act).
     rows_used = dataset if train_data is None else train_data
     mean, std = rows_used.state_stats() if cfg.normalize_states else (None, None)
-    if cfg.chunk > 1:  # the reward column carries the row index (see the module doc)
+    if cfg.chunk > 1:  # an extra buffer column holds each row's index, so the next K actions can be gathered
         check(len(rows_used) < 2**24, f"--chunk: {len(rows_used)} rows is too many to index exactly in float32")
         return Prepared(dataset=train_data, obs_mean=mean, obs_std=std,
-                        rewards=np.arange(len(rows_used), dtype=np.float32))
+                        extras={"row": np.arange(len(rows_used), dtype=np.float32)})
     return Prepared(dataset=train_data, obs_mean=mean, obs_std=std)
 
 
@@ -232,7 +232,7 @@ class BC(Agent):
         return {"actor_loss": actor_loss.detach()}
 
     def _chunk_update(self, batch) -> dict[str, torch.Tensor]:
-        rows = batch.rew.long()  # the row index (prepare), so the next K actions can be gathered
+        rows = batch.row.long()  # the row index column (prepare), so the next K actions can be gathered
         target, mask = self._chunk_act[rows], self._chunk_mask[rows]
         actor_loss = ((self.actor(batch.obs) - target).square() * mask).sum() / mask.sum()
         opt = self.optimizers["actor"]

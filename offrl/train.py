@@ -87,6 +87,8 @@ class Prepared:
     dataset: object | None = None
     """A replacement training dataset (e.g. expert + union rows for offline imitation); the other
     fields then refer to its rows. Evaluation still uses the env of ``--dataset``."""
+    extras: dict[str, np.ndarray] | None = None
+    """Extra buffer columns, name → per-row array (``batch.<name>`` in updates; e.g. BC's row index)."""
 
 
 def start_run(cfg: RunConfig, algo: str, name: str):
@@ -151,7 +153,8 @@ def run_offline(
         dataset = prep.dataset
     transform = DataTransform(prep.obs_mean, prep.obs_std, prep.reward_fn)
     buffer = ReplayBuffer.from_dataset(dataset, device, seed=cfg.seed, capacity=len(dataset) + cfg.online_steps,
-                                       transform=transform, rewards=prep.rewards, actions=prep.actions)
+                                       transform=transform, rewards=prep.rewards, actions=prep.actions,
+                                       extras=prep.extras)
     with restoring_frozen(ckpt):
         agent = agent_cls(cfg, dataset.obs_dim, dataset.act_dim, prep.obs_mean, prep.obs_std, device=device)
 

@@ -437,8 +437,10 @@ def test_chunk_loss_by_hand_and_acting_executes_the_first_action(tmp_path):
                  terminals=hand.terminals, timeouts=hand.timeouts, metadata=hand.metadata)
     cfg = Config(hidden=(5,), chunk=3)
     prep = bc.prepare(cfg, ds)
-    assert prep.rewards.tolist() == list(range(11))  # the row index, for gathering the chunk
-    buf = ReplayBuffer.from_dataset(ds, rewards=prep.rewards)
+    assert prep.rewards is None  # the rewards stay the dataset's
+    assert prep.extras["row"].tolist() == list(range(11))  # the row index, for gathering the chunk
+    buf = ReplayBuffer.from_dataset(ds, extras=prep.extras)
+    assert buf.column("rew").tolist() == ds.rewards.tolist()
     torch.manual_seed(0)
     agent = BC(cfg, 2, 1)
     assert agent.actor.net.net[-1].out_features == 3
