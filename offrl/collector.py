@@ -90,12 +90,27 @@ def _time_limit(env: gym.Env):
     return None
 
 
+def _task_state_owner(env: gym.Env):
+    """The wrapper (or env) in ``env``'s chain with ``task_state``/``set_task_state`` (episode state
+    that lives in Python attributes, e.g. a Fetch task's goal), or None."""
+    e = env
+    while e is not None:
+        if callable(getattr(type(e), "task_state", None)) and callable(getattr(type(e), "set_task_state", None)):
+            return e
+        e = getattr(e, "env", None)
+    return None
+
+
 def env_state(env: gym.Env) -> dict:
-    """Exact state of one (MuJoCo) env: integration state, time-limit counter, RNG."""
+    """Exact state of one (MuJoCo) env: integration state, time-limit counter, RNG, and the task
+    state of a wrapper that defines ``task_state()`` / ``set_task_state(state)`` (saved as tensors)."""
     import mujoco
 
     u = env.unwrapped
     state = {"rng": json.dumps(u.np_random.bit_generator.state)}
+    owner = _task_state_owner(env)
+    if owner is not None:
+        state["task"] = {k: torch.from_numpy(np.array(v, copy=True)) for k, v in owner.task_state().items()}
     if hasattr(u, "model") and hasattr(u, "data"):
         spec = mujoco.mjtState.mjSTATE_INTEGRATION
         buf = np.empty(mujoco.mj_stateSize(u.model, spec))
@@ -115,6 +130,9 @@ def set_env_state(env: gym.Env, state: dict) -> None:
         mujoco.mj_setState(u.model, u.data, state["mujoco"].numpy().astype(np.float64), mujoco.mjtState.mjSTATE_INTEGRATION)
         mujoco.mj_forward(u.model, u.data)
     u.np_random.bit_generator.state = json.loads(state["rng"])
+    owner = _task_state_owner(env)
+    if owner is not None and "task" in state:
+        owner.set_task_state({k: v.numpy().copy() for k, v in state["task"].items()})
     tl = _time_limit(env)
     if tl is not None and "elapsed" in state:
         tl._elapsed_steps = state["elapsed"]

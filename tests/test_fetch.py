@@ -11,6 +11,7 @@ import json
 from types import SimpleNamespace
 
 import numpy as np
+import torch
 import pytest
 
 pytest.importorskip("gymnasium_robotics")
@@ -235,9 +236,10 @@ def test_base_policy_from_tiny_demos(data_dirs, tmp_path):
     assert torch.allclose(base(torch.as_tensor(obs)), torch.as_tensor(agent.act(obs)))
 
 
-def test_exact_restore_needs_the_goal_too():
-    """offrl.collector's env_state (MuJoCo state, RNG, time limit) plus the wrapper's task_state
-    (the goal) restore an episode exactly in a fresh env; without the goal it differs."""
+def test_exact_restore_needs_the_goal_too(tmp_path):
+    """offrl.collector's env_state saves the MuJoCo state, RNG, time limit and the wrapper's
+    task_state (the goal), as tensors a weights-only checkpoint holds; set_env_state restores an
+    episode exactly in a fresh env, and without the task state it differs."""
     from offrl.collector import env_state, set_env_state
 
     env = make_env(ENV_IDS["push"])
@@ -245,15 +247,15 @@ def test_exact_restore_needs_the_goal_too():
     obs, _ = env.reset(seed=7)
     for _ in range(5):
         obs, *_ = env.step(ctrl(obs))
-    saved, task = env_state(env), env.get_wrapper_attr("task_state")()
+    torch.save(env_state(env), tmp_path / "state.pt")
+    saved = torch.load(tmp_path / "state.pt", weights_only=True)
+    assert np.array_equal(saved["task"]["goal"].numpy(), env.unwrapped.goal)
     actions = [ctrl(obs)] + [np.full(4, 0.3, np.float32)] * 4
     ref = [env.step(a)[0] for a in actions]
     for with_goal in (False, True):
         fresh = make_env(ENV_IDS["push"])
         fresh.reset(seed=123)
-        set_env_state(fresh, saved)
-        if with_goal:
-            fresh.get_wrapper_attr("set_task_state")(task)
+        set_env_state(fresh, saved if with_goal else {k: v for k, v in saved.items() if k != "task"})
         got = [fresh.step(a)[0] for a in actions]
         assert all(np.array_equal(a, b) for a, b in zip(ref, got)) == with_goal
         fresh.close()
