@@ -109,7 +109,7 @@ class Config(OfflineConfig):
 def expectile_loss(diff: torch.Tensor, expectile: float) -> torch.Tensor:
     """mean(|τ − 1(u < 0)| · u²) with u = Q − V: weight τ where Q > V, 1 − τ where Q ≤ V."""
     weight = torch.where(diff > 0, expectile, 1.0 - expectile)
-    return (weight * diff.square()).mean()
+    return (weight * diff.square()).mean(-1)  # over the batch (per seed for stacked seeds)
 
 
 def awr_weights(adv: torch.Tensor, beta: float, max_weight: float) -> torch.Tensor:
@@ -129,6 +129,7 @@ class IQL(Agent):
     algo = "iql"
     Config = Config
     online_continuation = True
+    stackable = True  # --seeds: reductions over the batch dim, per seed
 
     def __init__(self, cfg: Config, obs_dim: int, act_dim: int, obs_mean=None, obs_std=None, device="cpu"):
         super().__init__(cfg, obs_dim, act_dim, obs_mean, obs_std, device)
@@ -177,7 +178,7 @@ class IQL(Agent):
         value_loss = expectile_loss(target_q - v, self.cfg.expectile)
         opt = self.optimizers["value"]
         opt.zero_grad(set_to_none=True)
-        value_loss.backward()
+        value_loss.sum().backward()  # the sum over stacked seeds (a no-op for one)
         opt.step()
         return target_q, v, value_loss
 
@@ -189,13 +190,13 @@ class IQL(Agent):
         """2. Advantage-weighted regression on the dataset actions."""
         if self.cfg.deterministic_actor:
             bc = (self.actor(batch.obs) - batch.act).square().sum(-1)
-            return (weights * bc).mean()
-        return -(weights * self.actor.log_prob(batch.obs, batch.act)).mean()
+            return (weights * bc).mean(-1)
+        return -(weights * self.actor.log_prob(batch.obs, batch.act)).mean(-1)
 
     def critic_loss(self, batch, q_target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """3. Q regression onto r + γ(1 − d)V_new(s'); returns (loss, Q)."""
         q = self.critic(batch.obs, batch.act)
-        return (q - q_target).square().sum(0).mean(), q
+        return (q - q_target).square().sum(0).mean(-1), q
 
     def update(self, batch) -> dict[str, torch.Tensor]:
         cfg = self.cfg
@@ -204,7 +205,7 @@ class IQL(Agent):
 
         # V_new at s (advantages) and s' (Q target) in one forward pass
         with torch.no_grad():
-            v_new, next_v = self.value(torch.cat([batch.obs, batch.next_obs])).chunk(2)
+            v_new, next_v = self.value(torch.cat([batch.obs, batch.next_obs], dim=-2)).chunk(2, dim=-1)
             adv = target_q - v_new
             weights = self.awr_weights(batch, adv)
             q_target = batch.rew + cfg.discount * (1.0 - batch.done) * next_v
@@ -214,7 +215,7 @@ class IQL(Agent):
         critic_loss, q = self.critic_loss(batch, q_target)
         opt["actor"].zero_grad(set_to_none=True)
         opt["critic"].zero_grad(set_to_none=True)
-        (actor_loss + critic_loss).backward()
+        (actor_loss + critic_loss).sum().backward()
         opt["actor"].param_groups[0]["lr"].copy_(self.actor_lr())
         opt["actor"].step()
         opt["critic"].step()
@@ -226,11 +227,11 @@ class IQL(Agent):
             "value_loss": value_loss.detach(),
             "actor_loss": actor_loss.detach(),
             "critic_loss": critic_loss.detach(),
-            "q_mean": q.detach().mean(),
-            "v_mean": v.detach().mean(),
-            "adv_mean": adv.mean(),
-            "weight_mean": weights.mean(),
-            "weight_max": weights.max(),
+            "q_mean": self.seed_mean(q.detach(), 1),
+            "v_mean": self.seed_mean(v.detach()),
+            "adv_mean": self.seed_mean(adv),
+            "weight_mean": self.seed_mean(weights),
+            "weight_max": weights.amax(-1) if self.seeds else weights.max(),
             "actor_lr": opt["actor"].param_groups[0]["lr"].detach().clone(),
         }
 

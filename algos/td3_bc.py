@@ -32,10 +32,16 @@ class TD3BC(TD3Agent):
 
     algo = "td3_bc"
     Config = Config
+    stackable = True  # --seeds (offrl.stacked)
 
     def actor_loss(self, batch, aux=None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         pi = self.actor(batch.obs)
         q = self.critic(batch.obs, pi)[0]
+        if self.seeds:  # stacked seeds: q [S, B], pi [S, B, A]; each seed's own λ and means
+            lam = q_weight(self.cfg.alpha, q)
+            bc = (pi - batch.act).square().mean(dim=(-2, -1))
+            loss = -lam.squeeze(-1) * q.mean(-1) + bc
+            return loss, {"bc_loss": bc.detach(), "lambda": lam.squeeze(-1), "q_pi": q.detach().mean(-1)}
         lam = q_weight(self.cfg.alpha, q)
         bc = (pi - batch.act).square().mean()
         return -lam * q.mean() + bc, {"bc_loss": bc.detach(), "lambda": lam, "q_pi": q.detach().mean()}

@@ -130,6 +130,11 @@ class Agent(nn.Module):
     """Sub-modules that acting needs: what a policy file (:meth:`save_policy`) keeps."""
     online_continuation: ClassVar[bool] = False
     """Whether the method defines an online phase after its offline one (``--online-steps``)."""
+    stackable: ClassVar[bool] = False
+    """Whether ``update`` works on stacked seeds (:mod:`offrl.stacked`: batches ``[S, B, ...]``, losses
+    reduced per seed over the batch dim, summed over seeds before ``backward``)."""
+    seeds: int = 0
+    """Stacked seeds of this agent (0: a single agent; set by :class:`offrl.stacked.Stack`)."""
 
     def __init__(self, cfg, obs_dim: int, act_dim: int, obs_mean=None, obs_std=None, device: str | torch.device = "cpu"):
         super().__init__()
@@ -143,6 +148,13 @@ class Agent(nn.Module):
         self.optimizers: dict[str, torch.optim.Optimizer] = {}
         self._frozen: dict[str, FrozenPolicy] = {}
         self.phase_kind = "offline"
+
+    def seed_mean(self, x: torch.Tensor, seed_dim: int = 0) -> torch.Tensor:
+        """A metric's mean over the batch: a scalar for a single agent, per seed ``[S]`` for stacked
+        seeds (``seed_dim``: where the seed dim is, 0, or 1 for an ensemble output ``[E, S, B]``)."""
+        if not self.seeds:
+            return x.mean()
+        return x.mean(dim=[d for d in range(x.dim()) if d != seed_dim])
 
     # ------------------------------------------------------------------ to implement
     def update(self, batch) -> dict[str, torch.Tensor]:  # pragma: no cover - abstract

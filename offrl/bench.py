@@ -31,7 +31,7 @@ def bench_algorithms() -> list[str]:
 
 def bench_update(algo: str = "iql", device: str = "cpu", steps: int = 1000, warmup: int = 100, batch_size: int = 256,
                  obs_dim: int = 17, act_dim: int = 6, threads: int = 0, compile: bool = False, rows: int = 100_000,
-                 seed: int = 0) -> dict:
+                 seed: int = 0, stack: int = 1) -> dict:
     from offrl.buffer import ReplayBuffer
     from offrl.utils import resolve_device, set_seed
 
@@ -56,7 +56,24 @@ def bench_update(algo: str = "iql", device: str = "cpu", steps: int = 1000, warm
     buf = ReplayBuffer(obs_dim, act_dim, rows, dev, seed)
     buf.add(rng.standard_normal((rows, obs_dim)), rng.uniform(-1, 1, (rows, act_dim)), rng.standard_normal(rows),
             rng.standard_normal((rows, obs_dim)), (rng.uniform(size=rows) < 0.01))
-    agent = cls(cfg, obs_dim, act_dim, device=dev)
+    if stack < 1:
+        raise OffrlError(f"--stack must be >= 1, got {stack}")
+    sampler = buf
+    if stack > 1:  # stacked seeds (offrl.stacked): one update trains `stack` seeds
+        from offrl.stacked import Stack, StackedSampler
+
+        if not getattr(cls, "stackable", False):
+            raise OffrlError(f"{algo} cannot be trained with stacked seeds")
+        if compile:
+            raise OffrlError("--stack and --compile cannot be combined yet")
+        agents = []
+        for s in range(stack):
+            set_seed(seed + s)
+            agents.append(cls(cfg, obs_dim, act_dim, device=dev))
+        agent = Stack(cls(cfg, obs_dim, act_dim, device=dev), agents).agent
+        sampler = StackedSampler(buf, [seed + s for s in range(stack)])
+    else:
+        agent = cls(cfg, obs_dim, act_dim, device=dev)
     agent.train()
 
     def sync():
@@ -74,19 +91,20 @@ def bench_update(algo: str = "iql", device: str = "cpu", steps: int = 1000, warm
 
     t = time.perf_counter()
     for _ in range(warmup):
-        update(buf.sample(batch_size))
+        update(sampler.sample(batch_size))
     sync()
     warm_s = time.perf_counter() - t
     t = time.perf_counter()
     for _ in range(steps):
-        m = update(buf.sample(batch_size))
+        m = update(sampler.sample(batch_size))
     sync()
     dt = time.perf_counter() - t
-    finite = all(np.isfinite(v.item()) for v in m.values())
+    finite = all(bool(torch.isfinite(v).all()) for v in m.values())
     return {
         "algo": algo, "device": str(dev), "compile": compile, "threads": torch.get_num_threads(),
         "batch_size": batch_size, "obs_dim": obs_dim, "act_dim": act_dim, "steps": steps,
         "updates_per_s": round(steps / dt, 2), "ms_per_update": round(1000 * dt / steps, 4),
+        "stack": stack, "seed_updates_per_s": round(stack * steps / dt, 2),
         "warmup_s": round(warm_s, 3), "setup_s": round(setup_s, 3), "rows": rows, "metrics_finite": finite, "torch": torch.__version__,
         "gpu": torch.cuda.get_device_name(dev) if dev.type == "cuda" else None,
         "peak_memory_mb": round(torch.cuda.max_memory_allocated(dev) / 2**20, 1) if dev.type == "cuda" else None,

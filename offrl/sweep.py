@@ -1,4 +1,4 @@
-"""Sweeps: a grid of training runs, run locally by a pool of worker processes, resumable.
+"""Sweeps: a grid of training runs, run by local worker processes or on Ray, resumable.
 
     offrl sweep --algos iql td3_bc --datasets 'offrl/*/medium*-v0' --seeds 0 1 2 --steps 100000 --out sweeps/NAME
     offrl sweep --algos ppo props --envs Hopper-v5 --seeds 0 1 2 --set total_steps=1000000 --out sweeps/onpolicy
@@ -16,6 +16,13 @@ before any worker starts. Workers × ``--threads`` never exceeds the machine's c
 (``--workers``). Each finished run prints one line; a progress line with the ETA follows. Each run's
 output goes to ``OUT/logs/<name>.log``. A failed run is reported with the last line of its log, the
 others go on, and the sweep exits non-zero.
+
+``--executor ray`` (the ``offrl[ray]`` extra) runs the same grid on Ray instead of local worker
+processes: each run is one Ray task asking for ``--threads`` CPUs, which runs the very command a
+local worker runs, with the same log, skip/resume, output and stop semantics. ``--ray-address`` picks
+an existing cluster (default: ``auto`` when ``RAY_ADDRESS`` is set, else a Ray instance started here
+with ``--workers × --threads`` CPUs). Every node must see ``OUT`` and the datasets at the same paths
+(a shared filesystem) and have offrl installed.
 """
 
 from __future__ import annotations
@@ -47,22 +54,35 @@ class RunSpec:
     seed: int
     flags: list[str] = field(default_factory=list)
     run_dir: str = ""
+    seeds: list[int] = field(default_factory=list)
+    """Stacked seeds (``--stack-seeds``): one process trains them all, each in ``run_dir/seed<k>``."""
 
     @property
     def name(self) -> str:
+        if self.seeds:
+            return f"{self.algo}/{self.target.replace('/', '_')}/seeds{'-'.join(map(str, self.seeds))}"
         return f"{self.algo}/{self.target.replace('/', '_')}/seed{self.seed}"
 
+    def _dirs(self) -> list[str]:
+        return [os.path.join(self.run_dir, f"seed{s}") for s in self.seeds] if self.seeds else [self.run_dir]
+
     def state(self) -> str:
-        """``done`` (summary.json), ``partial`` (a checkpoint to resume) or ``new``."""
-        if os.path.isfile(os.path.join(self.run_dir, "summary.json")):
+        """``done`` (summary.json), ``partial`` (a checkpoint to resume) or ``new`` (stacked seeds: of every seed)."""
+        dirs = self._dirs()
+        if all(os.path.isfile(os.path.join(d, "summary.json")) for d in dirs):
             return "done"
-        if os.path.isfile(os.path.join(self.run_dir, "checkpoint.pt")):
+        if all(os.path.isfile(os.path.join(d, "checkpoint.pt")) for d in dirs):
             return "partial"
         return "new"
 
     def command(self) -> list[str]:
         """The ``offrl train`` command line that starts the run, or resumes it from its checkpoint."""
         base = [sys.executable, "-m", "offrl.cli", "train", self.algo]
+        if self.seeds:
+            seeds = ["--seeds", *map(str, self.seeds)]
+            if self.state() == "partial":
+                return base + [*seeds, "--resume", self.run_dir]
+            return base + ["--dataset", self.target, *seeds, "--run-dir", self.run_dir, *self.flags]
         if self.state() == "partial":
             return base + ["--resume", os.path.join(self.run_dir, "checkpoint.pt")]
         where = "--dataset" if _kind(self.algo) == "offline" else "--env"
@@ -136,9 +156,12 @@ def parse_sets(items: list[str]) -> dict[str, str]:
 
 
 def plan(algos: list[str], datasets: list[str], envs: list[str], seeds: list[int], out: str,
-         steps: int | None = None, sets: dict[str, str] | None = None, threads: int = 1) -> list[RunSpec]:
+         steps: int | None = None, sets: dict[str, str] | None = None, threads: int = 1,
+         stack_seeds: bool = False) -> list[RunSpec]:
     """The grid, in order algorithm → dataset/env → seed. Offline algorithms take ``datasets``, the
-    others ``envs``; every ``sets`` key must be a flag of every algorithm it is passed to."""
+    others ``envs``; every ``sets`` key must be a flag of every algorithm it is passed to. With
+    ``stack_seeds`` an algorithm that supports it (``Agent.stackable``) trains all seeds of a
+    dataset in one process (:mod:`offrl.stacked`); the run directories are the same."""
     from offrl.registry import algorithms
 
     known = algorithms()
@@ -172,6 +195,12 @@ def plan(algos: list[str], datasets: list[str], envs: list[str], seeds: list[int
             else:
                 flags += [f"--{flag}", *shlex.split(value)]
         _check_flags(algo, flags)
+        if stack_seeds and len(seeds) > 1 and getattr(known[algo].agent, "stackable", False):
+            for target in targets:
+                spec = RunSpec(algo, target, seeds[0], flags, seeds=list(seeds))
+                spec.run_dir = os.path.join(out, algo, target.replace("/", "_"))
+                runs.append(spec)
+            continue
         for target in targets:
             for seed in seeds:
                 spec = RunSpec(algo, target, seed, flags)
@@ -194,33 +223,223 @@ def _last_line(path: str) -> str:
         return "(no log)"
 
 
-def _run_one(spec: RunSpec, log_path: str, env: dict, children: dict) -> tuple[int, float, dict | None]:
+def _log_path(out: str, spec: RunSpec) -> str:
+    return os.path.join(out, "logs", spec.name.replace("/", "_") + ".log")
+
+
+def _run_one(spec: RunSpec, log_path: str, env: dict, children: dict | None = None, stop_signals=None,
+             cwd: str | None = None) -> tuple[int, float, dict | None]:
+    """Run (or resume) ``spec`` in a subprocess, its output appended to ``log_path``; returns (exit code,
+    seconds, summary or None). The local executor registers the process in ``children`` and forwards
+    signals to it itself; a Ray task passes ``stop_signals`` (a callable: the stop signals the sweep got
+    so far), polled while the run goes on and forwarded to it, each once."""
     t = time.time()
     with open(log_path, "a") as log:
         log.write(f"$ {shlex.join(spec.command())}\n")
         log.flush()
-        proc = subprocess.Popen(spec.command(), stdout=log, stderr=subprocess.STDOUT, env=env)
-        children[spec.name] = proc
+        # a run gets signals from the sweep only (which forwards each once), never a terminal's Ctrl-C
+        # on top: a second SIGINT would mean "stop now, no final checkpoint" to offrl
+        proc = subprocess.Popen(spec.command(), stdout=log, stderr=subprocess.STDOUT, env=env, cwd=cwd,
+                                start_new_session=True)
+        if children is not None:
+            children[spec.name] = proc
         try:
-            rc = proc.wait()
+            rc = proc.wait() if stop_signals is None else _wait_forwarding(proc, stop_signals)
         finally:
-            children.pop(spec.name, None)
+            if children is not None:
+                children.pop(spec.name, None)
     summary = None
-    path = os.path.join(spec.run_dir, "summary.json")
-    if rc == 0 and os.path.isfile(path):
-        with open(path) as f:
-            summary = json.load(f)
+    paths = [os.path.join(d, "summary.json") for d in spec._dirs()]
+    if rc == 0 and all(os.path.isfile(p) for p in paths):
+        summaries = []
+        for p in paths:
+            with open(p) as f:
+                summaries.append(json.load(f))
+        summary = summaries[0]
+        if spec.seeds:  # stacked seeds: the mean over the seeds for the progress line
+            def mean(key):
+                values = [x.get(key) for x in summaries]
+                return None if any(v is None for v in values) else sum(values) / len(values)
+
+            summary = {"final_normalized_score": mean("final_normalized_score"), "final_return": mean("final_return"),
+                       "seeds": len(summaries)}
     return rc, time.time() - t, summary
+
+
+_POLL_S = 0.5  # how often a Ray task looks for a stop signal, and the sweep for finished tasks
+
+
+def _wait_forwarding(proc: subprocess.Popen, stop_signals) -> int:
+    sent = 0
+    while True:
+        try:
+            return proc.wait(timeout=_POLL_S)
+        except subprocess.TimeoutExpired:
+            pass
+        signals = stop_signals()
+        for signum in signals[sent:]:
+            proc.send_signal(signum)
+        sent = len(signals)
+
+
+class _LocalExecutor:
+    """Runs on a pool of threads, each waiting for one run's subprocess."""
+
+    def __init__(self, workers: int, threads: int):
+        self.slots = max(1, workers)
+        self.describe = f"{workers} workers × {threads} threads"
+        self._env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
+        self._children: dict[str, subprocess.Popen] = {}
+        self._pool: ThreadPoolExecutor | None = None
+
+    def open(self) -> None:
+        self._pool = ThreadPoolExecutor(max_workers=self.slots)
+
+    def submit(self, spec: RunSpec, log: str) -> Future:
+        return self._pool.submit(_run_one, spec, log, self._env, self._children)
+
+    def wait(self, handles: list) -> list:
+        return list(wait(handles, return_when=FIRST_COMPLETED)[0])
+
+    def result(self, handle: Future, log: str):
+        return handle.result()
+
+    def forward(self, signum: int) -> None:  # called from the signal handler
+        for proc in list(self._children.values()):
+            proc.send_signal(signum)
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+
+
+RAY_MISSING = "--executor ray needs Ray: pip install 'offrl[ray]'"
+
+
+def _import_ray():
+    try:
+        import ray
+    except ImportError:
+        raise OffrlError(RAY_MISSING) from None
+    return ray
+
+
+class _StopSignals:
+    """A Ray actor: the stop signals the sweep got, for its tasks to forward to their runs."""
+
+    def __init__(self):
+        self.signals: list[int] = []
+
+    def add(self, signals: list[int]) -> None:
+        self.signals += signals
+
+    def get(self) -> list[int]:
+        return self.signals
+
+
+# the sweep's variables a run on another node needs too: where the datasets are (and WANDB_*)
+_FORWARD_ENV = ("MINARI_DATASETS_PATH", "D4RL_DATASET_DIR")
+
+
+def _ray_task(spec: RunSpec, log: str, env: dict, cwd: str, stop) -> tuple | None:
+    """One run as a Ray task: ``_run_one`` on the node, the sweep's stop signals forwarded to the run;
+    None if the sweep was stopping before the task started."""
+    import ray
+
+    def stop_signals() -> list[int]:
+        return ray.get(stop.get.remote())
+
+    if stop_signals():
+        return None
+    return _run_one(spec, log, {**os.environ, **env}, stop_signals=stop_signals,
+                    cwd=cwd if os.path.isdir(cwd) else None)
+
+
+class _RayExecutor:
+    """Runs each run as a Ray task asking for ``threads`` CPUs, on an existing cluster (``address``) or on
+    a Ray instance started here with ``workers × threads`` CPUs. ``workers`` (or None: no cap) bounds the
+    runs in flight."""
+
+    def __init__(self, workers: int | None, threads: int, address: str | None):
+        self._ray = _import_ray()
+        self.threads, self.address = threads, address
+        self.slots = workers if workers is not None else 1 << 30
+        self._cpus = (workers or max(1, (os.cpu_count() or 1) // threads)) * threads
+        self._per_run = f"{threads} CPU{'s' if threads > 1 else ''} per run"
+        self.describe = f"Ray ({address or f'local, {self._cpus} CPUs'}), {self._per_run}"
+        self._started = False
+        self._signals: list[int] = []
+        self._sent = 0
+        self._stop = self._task = None
+
+    def open(self) -> None:
+        ray = self._ray
+        if not ray.is_initialized():
+            import logging
+
+            common = dict(log_to_driver=False, logging_level=logging.WARNING)
+            if self.address is None:
+                ray.init(address="local", num_cpus=self._cpus, include_dashboard=False, **common)
+            else:
+                try:
+                    ray.init(address=self.address, **common)
+                except ConnectionError as e:
+                    why = (str(e).strip().splitlines() or ["no answer"])[0]
+                    raise OffrlError(f"--executor ray: cannot connect to Ray at {self.address}: {why}") from None
+            self._started = True
+        self.describe = (f"Ray ({ray.get_runtime_context().gcs_address}, {ray.cluster_resources().get('CPU', 0):g} "
+                         f"CPUs), {self._per_run}")
+        self._stop = ray.remote(num_cpus=0)(_StopSignals).remote()
+        self._task = ray.remote(num_cpus=self.threads, max_retries=0)(_ray_task)
+        self._env = {k: v for k, v in os.environ.items() if k in _FORWARD_ENV or k.startswith("WANDB_")}
+        self._env["OMP_NUM_THREADS"] = str(self.threads)
+
+    def submit(self, spec: RunSpec, log: str):
+        spec = dataclasses.replace(spec, run_dir=os.path.abspath(spec.run_dir))  # the node's cwd is not ours
+        return self._task.remote(spec, os.path.abspath(log), self._env, os.getcwd(), self._stop)
+
+    def wait(self, handles: list) -> list:
+        if len(self._signals) > self._sent:  # signals come in between polls: tell the tasks, from here
+            new, self._sent = self._signals[self._sent:], len(self._signals)
+            self._ray.get(self._stop.add.remote(new))
+        return self._ray.wait(handles, num_returns=1, timeout=_POLL_S)[0]
+
+    def result(self, handle, log: str):
+        try:
+            return self._ray.get(handle)
+        except self._ray.exceptions.RayError as e:  # the task itself failed (a lost node, offrl missing there)
+            why = (str(e).strip().splitlines() or [""])[0]
+            with open(log, "a") as f:  # where the sweep reports a failure from
+                f.write(f"Ray task failed: {type(e).__name__}: {why}\n")
+            return None, 0.0, None
+
+    def forward(self, signum: int) -> None:  # called from the signal handler: no Ray calls here
+        self._signals.append(signum)
+
+    def close(self) -> None:
+        if self._stop is not None:
+            self._ray.kill(self._stop)
+        if self._started:
+            self._ray.shutdown()
 
 
 def _echo(line: str) -> None:
     print(line, flush=True)  # a sweep's log is usually a file: one line as it happens
 
 
-def run_sweep(runs: list[RunSpec], out: str, workers: int, threads: int, echo=_echo) -> dict:
-    """Run the ``runs`` not yet finished on ``workers`` processes; returns counts and failures.
-    One sweep at a time per directory (a lock file); SIGINT/SIGTERM stop it: no new runs start and
-    the running ones checkpoint and exit, to be resumed by the next call."""
+def run_sweep(runs: list[RunSpec], out: str, workers: int | None, threads: int, echo=_echo,
+              executor: str = "local", ray_address: str | None = None) -> dict:
+    """Run the ``runs`` not yet finished on ``workers`` processes (``executor="local"``) or as Ray tasks
+    (``"ray"``: on the cluster at ``ray_address``, or on a Ray instance started here; ``workers`` None: no
+    cap on the runs in flight); returns counts and failures. One sweep at a time per directory (a lock
+    file); SIGINT/SIGTERM stop it: no new runs start and the running ones checkpoint and exit, to be
+    resumed by the next call."""
+    if executor == "ray":
+        pool = _RayExecutor(workers, threads, ray_address)
+    elif executor == "local":
+        pool = _LocalExecutor(workers or max(1, (os.cpu_count() or 1) // threads), threads)
+    else:
+        raise OffrlError(f"unknown executor {executor!r}, expected local or ray")
 
     os.makedirs(os.path.join(out, "logs"), exist_ok=True)
     lock = open(os.path.join(out, ".lock"), "w")
@@ -230,12 +449,12 @@ def run_sweep(runs: list[RunSpec], out: str, workers: int, threads: int, echo=_e
         lock.close()
         raise OffrlError(f"another sweep is running on {out}") from None
     try:
-        return _run_locked(runs, out, workers, threads, echo)
+        return _run_locked(runs, out, pool, echo)
     finally:
         lock.close()
 
 
-def _run_locked(runs: list[RunSpec], out: str, workers: int, threads: int, echo) -> dict:
+def _run_locked(runs: list[RunSpec], out: str, pool, echo) -> dict:
     from offrl.data import load_dataset
 
     write_json(os.path.join(out, "plan.json"), {"runs": [
@@ -245,52 +464,58 @@ def _run_locked(runs: list[RunSpec], out: str, workers: int, threads: int, echo)
     for dataset in sorted({r.target for r in todo if _kind(r.algo) == "offline"}):
         load_dataset(dataset)  # build or check once, before any worker starts
     done = len(runs) - len(todo)
-    echo(f"sweep {out}: {len(runs)} runs, {done} finished, {sum(r.state() == 'partial' for r in todo)} to resume, "
-         f"{sum(r.state() == 'new' for r in todo)} to start | {workers} workers × {threads} threads")
-    env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
-    failures, t0, finished_now = [], time.time(), 0
-    children: dict[str, subprocess.Popen] = {}
+    failures, finished_now = [], 0
     stopping: list[int] = []
 
     def forward(signum, frame):  # stop: no new runs; running ones checkpoint and exit (offrl's stop signals)
         stopping.append(signum)
-        for proc in list(children.values()):
-            proc.send_signal(signum)
+        pool.forward(signum)
 
-    handlers = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM)}
+    stop_signals = (signal.SIGINT, signal.SIGTERM)
+    handlers = {s: signal.signal(s, forward) for s in stop_signals}
     try:
-        with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-            pending: dict[Future, RunSpec] = {}
-            queue = list(todo)
-            while (queue and not stopping) or pending:
-                while queue and not stopping and len(pending) < workers:
-                    spec = queue.pop(0)
-                    log = os.path.join(out, "logs", spec.name.replace("/", "_") + ".log")
-                    pending[pool.submit(_run_one, spec, log, env, children)] = spec
-                finished, _ = wait(list(pending), return_when=FIRST_COMPLETED)
-                for fut in finished:
-                    spec = pending.pop(fut)
-                    rc, seconds, summary = fut.result()
-                    finished_now += 1
-                    if rc == 0 and summary is not None:
-                        score = summary.get("final_normalized_score")
-                        ret = summary.get("final_return")
-                        what = f"final score {score:.1f}" if score is not None else (
-                            f"final return {ret:.1f}" if ret is not None else "no evaluation")
-                        echo(f"done {spec.name}: {what} ({_fmt_seconds(seconds)})")
-                    elif stopping:
-                        echo(f"stopped {spec.name} (it resumes from its checkpoint next time)")
-                    else:
-                        log = os.path.join(out, "logs", spec.name.replace("/", "_") + ".log")
-                        failures.append({"name": spec.name, "rc": rc, "log": log})
-                        echo(f"FAILED {spec.name} (exit {rc}): {_last_line(log)}")
-                    left = len(queue) + len(pending)
-                    eta = (time.time() - t0) / finished_now * left  # runs finish about workers at a time
-                    echo(f"[{len(runs) - left}/{len(runs)}] {len(failures)} failed | elapsed "
-                         f"{_fmt_seconds(time.time() - t0)} | ETA {_fmt_seconds(eta)}")
+        if todo:
+            pool.open()
+            for s in stop_signals:  # again: starting Ray sets its own SIGTERM handler
+                signal.signal(s, forward)
+        echo(f"sweep {out}: {len(runs)} runs, {done} finished, {sum(r.state() == 'partial' for r in todo)} to resume, "
+             f"{sum(r.state() == 'new' for r in todo)} to start | {pool.describe}")
+        t0 = time.time()
+        pending: dict = {}
+        queue = list(todo)
+        while (queue and not stopping) or pending:
+            while queue and not stopping and len(pending) < pool.slots:
+                spec = queue.pop(0)
+                pending[pool.submit(spec, _log_path(out, spec))] = spec
+            for handle in pool.wait(list(pending)):
+                spec = pending.pop(handle)
+                log = _log_path(out, spec)
+                outcome = pool.result(handle, log)
+                if outcome is None:  # a Ray task that found the sweep stopping: the run never started
+                    continue
+                rc, seconds, summary = outcome
+                finished_now += 1
+                if rc == 0 and summary is not None:
+                    score = summary.get("final_normalized_score")
+                    ret = summary.get("final_return")
+                    what = f"final score {score:.1f}" if score is not None else (
+                        f"final return {ret:.1f}" if ret is not None else "no evaluation")
+                    echo(f"done {spec.name}: {what} ({_fmt_seconds(seconds)})")
+                elif stopping and rc is not None:
+                    echo(f"stopped {spec.name} (it resumes from its checkpoint next time)")
+                else:  # rc None: the Ray task failed, not the run (its log's last line says why)
+                    failures.append({"name": spec.name, "rc": rc, "log": log})
+                    echo(f"FAILED {spec.name} ({'Ray task' if rc is None else f'exit {rc}'}): {_last_line(log)}")
+                left = len(queue) + len(pending)
+                eta = (time.time() - t0) / finished_now * left  # runs finish about workers at a time
+                echo(f"[{len(runs) - left}/{len(runs)}] {len(failures)} failed | elapsed "
+                     f"{_fmt_seconds(time.time() - t0)} | ETA {_fmt_seconds(eta)}")
     finally:
-        for sig, h in handlers.items():
-            signal.signal(sig, h)
+        try:
+            pool.close()
+        finally:
+            for sig, h in handlers.items():
+                signal.signal(sig, h)
     return {"out": out, "runs": len(runs), "finished_before": done, "ran": finished_now,
             "failed": failures, "interrupted": bool(stopping), "seconds": time.time() - t0}
 
@@ -305,27 +530,45 @@ def main(argv: list[str]) -> int:
     p.add_argument("--set", dest="sets", nargs="+", default=[], metavar="KEY=VALUE", help="a flag for every run")
     p.add_argument("--out", required=True, help="the sweep directory")
     p.add_argument("--threads", type=int, default=1, help="torch threads per run (default 1)")
-    p.add_argument("--workers", type=int, default=None, help="parallel runs (default: cores // threads)")
+    p.add_argument("--workers", type=int, default=None,
+                   help="parallel runs (default: cores // threads; with --executor ray on a cluster: no cap)")
+    p.add_argument("--executor", choices=("local", "ray"), default="local",
+                   help="local worker processes (default), or one Ray task per run (pip install 'offrl[ray]')")
+    p.add_argument("--ray-address", default=None, metavar="ADDR",
+                   help="with --executor ray: the cluster to use (default: auto if RAY_ADDRESS is set, "
+                        "else a Ray instance started here with workers × threads CPUs)")
+    p.add_argument("--stack-seeds", action="store_true",
+                   help="algorithms that support it (iql, td3_bc) train all --seeds of a dataset in one process, "
+                        "networks stacked over the seeds (pays on a GPU); the others one process per seed")
     p.add_argument("--dry-run", action="store_true", help="print the plan and the state of each run; run nothing")
     p.add_argument("--track", action="store_true",
                    help="log every run to Weights & Biases, grouped by the sweep's name (its --out folder)")
     a = p.parse_args(argv)
     if a.threads < 1:
         raise OffrlError(f"--threads must be >= 1, got {a.threads}")
+    if a.executor == "ray":
+        _import_ray()  # up front: one line, not a traceback after the planning
+    elif a.ray_address is not None:
+        raise OffrlError("--ray-address needs --executor ray")
+    ray_address = a.ray_address or ("auto" if os.environ.get("RAY_ADDRESS") else None)
+    if ray_address == "local":
+        ray_address = None  # start one here, as without RAY_ADDRESS
     cores = os.cpu_count() or 1
     workers = a.workers if a.workers is not None else max(1, cores // a.threads)
     if workers < 1:
         raise OffrlError(f"--workers must be >= 1, got {workers}")
+    if a.executor == "ray" and a.workers is None and ray_address is not None:
+        workers = None  # a cluster: Ray schedules every run by its CPUs
     sets = parse_sets(a.sets)
     if a.track:
         sets.setdefault("track", "True")
         sets.setdefault("wandb_group", os.path.basename(os.path.normpath(a.out)))
-    runs = plan(a.algos, expand_datasets(a.datasets), a.envs, a.seeds, a.out, a.steps, sets, a.threads)
+    runs = plan(a.algos, expand_datasets(a.datasets), a.envs, a.seeds, a.out, a.steps, sets, a.threads, a.stack_seeds)
     if a.dry_run:
         for r in runs:
             print(f"{r.state():8s} {r.name}  {shlex.join(r.command()[2:])}")
         return 0
-    result = run_sweep(runs, a.out, workers, a.threads)
+    result = run_sweep(runs, a.out, workers, a.threads, executor=a.executor, ray_address=ray_address)
     print(json.dumps(result))
     if result["interrupted"]:
         print(f"sweep {a.out} stopped; run the same command again to resume it", file=sys.stderr)

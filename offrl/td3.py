@@ -95,8 +95,11 @@ def td3_prepare(cfg: TD3Config, dataset) -> Prepared:
 
 
 def q_weight(alpha: float, q: torch.Tensor) -> torch.Tensor:
-    """λ = α / mean|Q| with the mean detached (TD3+BC's normalization of the Q term)."""
-    return alpha / q.abs().mean().detach()
+    """λ = α / mean|Q| with the mean over the batch detached (TD3+BC's normalization of the Q
+    term; per seed, ``[S, 1]``, for stacked seeds ``q [S, B]``)."""
+    if q.dim() == 1:
+        return alpha / q.abs().mean().detach()
+    return alpha / q.abs().mean(-1, keepdim=True).detach()
 
 
 class TD3Agent(Agent):
@@ -154,12 +157,13 @@ class TD3Agent(Agent):
         """One TD3 critic update, L_Q = MSE(Q₁, y) + MSE(Q₂, y); returns (metrics, y, a')."""
         y, next_act = self.critic_targets(batch)
         q = self.critic(batch.obs, batch.act)
-        loss = (q - y).square().mean(1).sum()
+        loss = (q - y).square().mean(-1).sum(0)  # [E, (S,) B]: per seed for stacked seeds
         opt = self.optimizers["critic"]
         opt.zero_grad(set_to_none=True)
-        loss.backward()
+        loss.sum().backward()
         opt.step()
-        return {"critic_loss": loss.detach(), "q1_mean": q[0].detach().mean(), "target_mean": y.mean()}, y, next_act
+        return {"critic_loss": loss.detach(), "q1_mean": self.seed_mean(q[0].detach()),
+                "target_mean": self.seed_mean(y)}, y, next_act
 
     def critic_step(self, batch) -> dict[str, torch.Tensor]:
         return self.critic_update(batch)[0]
@@ -182,7 +186,7 @@ class TD3Agent(Agent):
             self.critic.requires_grad_(True)
         opt = self.optimizers["actor"]
         opt.zero_grad(set_to_none=True)
-        loss.backward()
+        loss.sum().backward()  # the sum over stacked seeds (a no-op for one)
         opt.step()
         self.update_targets()
         return {"actor_loss": loss.detach(), **metrics}

@@ -40,6 +40,8 @@ class OfflineConfig(RunConfig):
     """Offline-to-online: gradient steps per env step in the online phase."""
     online_learning_starts: int = 0
     """Offline-to-online: uniform-random actions for this many env steps before the agent acts online (CORL: 0)."""
+    seeds: tuple[int, ...] = ()
+    """Stacked seeds: train these seeds in one process, every network stacked over them (IQL, TD3+BC; one run directory per seed under --run-dir; pays on a GPU). Empty: the single --seed."""
 
     def validate(self) -> None:
         super().validate()
@@ -136,6 +138,10 @@ def run_offline(
     from offrl.data import load_dataset
     from offrl.run import OfflinePhase, OnlinePhase
 
+    if cfg.seeds:
+        from offrl.stacked import run_stacked
+
+        return run_stacked(cfg, agent_cls, prepare)
     ckpt, cfg, run_dir = start_run(cfg, agent_cls.algo, cfg.dataset)
     if cfg.online_steps and not agent_cls.online_continuation:
         raise OffrlError(f"{agent_cls.algo} has no online continuation; --online-steps is not available")

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The first GPU check of offrl (about 8 minutes on one H200): the environment, the device tests on
-# CUDA (correctness), then update speed eager and compiled (compile time apart) with peak memory.
+# CUDA (correctness), then update speed eager and compiled (compile time apart) with peak memory,
+# and stacked seeds (5 seeds per update).
 #
 # Here (once):   bash scripts/gpu_wheels.sh            # wheels the GPU machine lacks, into .whl/
 # There:         bash scripts/gpu_check.sh              # writes to $OUT (or /tmp/gpu_check)
@@ -31,4 +32,8 @@ for algo in iql td3_bc odice a2pr sac cql; do
   done
 done
 timeout 120 python3 -m offrl.cli bench update --algo prdc --device cuda --steps 2000 --rows 1000000 2>>"$out/bench.err" | tee -a "$out/bench.jsonl"
+# stacked seeds (offrl/stacked.py): seed-updates/s of 5 seeds in one update, against the eager single-seed rows above
+for algo in iql td3_bc; do
+  timeout 120 python3 -m offrl.cli bench update --algo $algo --device cuda --steps 2000 --stack 5 2>>"$out/bench.err" | tee -a "$out/bench.jsonl"
+done
 echo "done: $out"

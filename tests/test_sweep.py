@@ -1,7 +1,8 @@
-"""`offrl sweep`: grid expansion and naming, flag checks, skip finished / resume interrupted runs."""
+"""`offrl sweep`: grid expansion and naming, flag checks, skip finished / resume interrupted runs, the Ray executor."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import signal
@@ -117,3 +118,80 @@ def test_track_groups_the_runs_by_the_sweep_name(tmp_path, capsys):
     assert code == 0
     line = out.strip().splitlines()[0]
     assert "--track " in line and "--wandb-group grid-a" in line
+
+
+def test_executor_ray_without_ray_is_one_line(tmp_path, capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` raises ImportError
+    code, _, err = cli_main(["sweep", "--algos", "iql", "--datasets", SCRIPTED, "--out", str(tmp_path / "s"),
+                             "--executor", "ray"], capsys)
+    line = assert_one_line_error(code, err)
+    assert line == "offrl: error: --executor ray needs Ray: pip install 'offrl[ray]'"
+    assert not (tmp_path / "s").exists()  # up front: nothing planned or written
+
+
+needs_ray = pytest.mark.skipif(importlib.util.find_spec("ray") is None, reason="needs the offrl[ray] extra")
+
+
+@pytest.fixture(scope="module")
+def ray_head():
+    """A one-node Ray cluster on loopback with 2 CPUs, started in this process; yields its address. The
+    sweeps connect to it as a cluster (--ray-address), which forwards their dataset variables to the tasks."""
+    import ray
+
+    handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False,
+             _node_ip_address="127.0.0.1")
+    try:
+        yield ray.get_runtime_context().gcs_address
+    finally:
+        ray.shutdown()
+        for sig, handler in handlers.items():  # ray.init installs its own SIGTERM handler
+            signal.signal(sig, handler)
+
+
+@needs_ray
+def test_sweep_on_ray_runs_every_run_as_a_task_and_skips_finished_ones(use_scripted, ray_head, tmp_path):
+    out = tmp_path / "sweep"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = _sweep_cmd(out, 40) + ["--workers", "2", "--executor", "ray", "--ray-address", ray_head]
+    r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    assert r.returncode == 0, r.stdout + r.stderr
+    names = [f"{algo}/{SCRIPTED.replace('/', '_')}/seed0" for algo in ("iql", "td3_bc")]
+    assert "0 finished, 0 to resume, 2 to start | Ray (" in r.stdout
+    for name in names:
+        run_dir = out / name
+        summary = json.loads((run_dir / "summary.json").read_text())
+        assert summary["steps"] == 40 and summary["algo"] == name.split("/")[0]
+        log = (out / "logs" / f"{name.replace('/', '_')}.log").read_text()
+        assert log.startswith("$ ") and f"--run-dir {run_dir}" in log.splitlines()[0]  # the local worker's command
+        assert any(line.startswith(f"done {name}: final ") for line in r.stdout.splitlines())
+    assert "[2/2] 0 failed" in r.stdout
+    result = json.loads(r.stdout.strip().splitlines()[-1])
+    assert result["ran"] == 2 and result["failed"] == [] and not result["interrupted"]
+
+    again = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=120)
+    assert again.returncode == 0, again.stderr
+    assert "2 finished, 0 to resume, 0 to start" in again.stdout
+    assert json.loads(again.stdout.strip().splitlines()[-1])["ran"] == 0
+
+
+@needs_ray
+def test_sweep_on_ray_stop_reaches_the_running_runs(use_scripted, ray_head, tmp_path):
+    out = tmp_path / "sweep"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "RAY_ADDRESS": ray_head}  # the default --ray-address: auto
+    proc = subprocess.Popen(_sweep_cmd(out, 3000) + ["--executor", "ray"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, env=env, text=True)
+    first = out / "iql" / SCRIPTED.replace("/", "_") / "seed0"
+    deadline = time.time() + 120
+    while not (first / "checkpoint.pt").exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.2)
+    assert (first / "checkpoint.pt").exists(), proc.communicate()
+    proc.send_signal(signal.SIGTERM)  # the task forwards it to its run: checkpoint and exit
+    stdout, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 130, stdout + stderr
+    assert f"stopped iql/{SCRIPTED.replace('/', '_')}/seed0" in stdout
+    log = (out / "logs" / f"iql_{SCRIPTED.replace('/', '_')}_seed0.log").read_text()
+    assert "stopped by SIGTERM" in log and not (first / "summary.json").exists()
+    assert not (out / "td3_bc").exists()  # --workers 1: the second run was never submitted
+    dry = subprocess.run(_sweep_cmd(out, 3000) + ["--dry-run"], capture_output=True, text=True, env=env)
+    assert dry.stdout.split()[0] == "partial"  # the next invocation resumes it
