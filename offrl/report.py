@@ -151,7 +151,8 @@ def read_run(path: str, metric: str, split: list[str]) -> RunRecord | None:
         except OffrlError:
             best = float(values.max())
     return RunRecord(path, algo, task, int(cfg.get("seed", 0)), finished, float(last), float(best),
-                     int(summary.get("steps", steps[-1])), int(summary.get("updates", 0)), summary.get("seconds"),
+                     int(summary.get("steps", steps[-1])), int(summary.get("updates", 0)),
+                     summary.get("total_seconds", summary.get("seconds")),
                      (steps, values), tuple(phase_boundaries(path)), cfg)
 
 

@@ -19,7 +19,8 @@ resumes at the start of the next phase).
 
 Summary keys, the same for every algorithm: ``algo``, ``dataset`` (None online), ``env``,
 ``steps`` (global), ``updates``, ``phases`` (name, kind, steps, final evaluation of each),
-``run_dir``, ``checkpoint``, ``seconds``, ``final_return``, ``final_normalized_score`` (the last
+``run_dir``, ``checkpoint``, ``seconds`` (this invocation's training loop), ``total_seconds`` (all
+invocations of the run, resumes included), ``final_return``, ``final_normalized_score`` (the last
 evaluation), ``best_return``, ``best_normalized_score`` (the evaluation with the highest mean
 return; see :class:`~offrl.evaluation.Evaluator`). Each phase line also has ``evaluations``,
 ``mean_normalized_score`` over them and, for env phases, ``normalized_regret`` (mean of
@@ -248,10 +249,12 @@ class Run:
         self.phase_index = 0
         self.phase_start = 0
         self.results: list[dict] = []
+        self.seconds_before = 0.0  # training-loop seconds of earlier invocations (a resumed run)
         self.acc = MetricAccumulator()
         self.ckpt_path = os.path.join(run_dir, "checkpoint.pt")
         self.update = agent.compiled_update() if cfg.compile else agent.update
         self._resume: dict | None = None
+        self._t_start: float | None = None
         if ckpt is not None:
             self._restore(ckpt)
 
@@ -278,6 +281,7 @@ class Run:
         self.agent.load_training_state(ckpt)
         self.step, self.phase_index, self.phase_start = int(t["step"]), int(t["phase"]), int(t["phase_start"])
         self.results = list(t["results"])
+        self.seconds_before = float(t.get("seconds", 0.0))  # older checkpoints: unknown, 0
         parts = t["parts"]
         phase_state = parts["phase"]
         if t.get("phase_done"):  # saved at the end of phase_index
@@ -304,7 +308,8 @@ class Run:
         parts.update(metrics=self.acc.state_dict(), rng=rng_state(self.agent.device), evaluator=self.evaluator.state_dict(),
                      phase=phase_state)
         train = {"step": self.step, "phase": self.phase_index, "phase_done": done, "phase_start": self.phase_start,
-                 "phases": [p.name for p in self.phases], "results": self.results, "parts": parts}
+                 "phases": [p.name for p in self.phases], "results": self.results, "parts": parts,
+                 "seconds": self.seconds_before + (time.time() - self._t_start if self._t_start else 0.0)}
         self.agent.save(self.ckpt_path, train=train, **self.checkpoint_extra)
 
     # ------------------------------------------------------------------ loop
@@ -371,7 +376,7 @@ class Run:
         self.logger.start_line(self._start_line())
         if self.evaluator.note:
             self.logger.write(self.evaluator.note)
-        t_start = time.time()
+        t_start = self._t_start = time.time()
         clock = [t_start, self.step]
         self.agent.train()
         try:
@@ -400,6 +405,7 @@ class Run:
                         raise stop.interrupted(self.step, self.ckpt_path)
         finally:
             self.logger.close()
+        elapsed = time.time() - t_start
         last = self.results[-1]
         o2o = {}
         kinds = [r["kind"] for r in self.results]
@@ -416,7 +422,8 @@ class Run:
             "phases": self.results,
             "run_dir": self.run_dir,
             "checkpoint": self.ckpt_path,
-            "seconds": time.time() - t_start,
+            "seconds": elapsed,
+            "total_seconds": self.seconds_before + elapsed,
             "final_return": last["final_return"],
             "final_normalized_score": last["final_normalized_score"],
             "best_return": self.evaluator.best_return,

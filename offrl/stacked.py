@@ -388,7 +388,7 @@ def run_stacked(cfg, agent_cls, prepare=None) -> dict:
             parts = {"buffer": state, "metrics": run.acc.state_dict(), "rng": rng_state(device),
                      "evaluator": run.evaluator.state_dict(), "phase": {"updates": step}}
             train = {"step": step, "phase": 0, "phase_done": done, "phase_start": 0, "phases": [phase_name],
-                     "results": run.results, "parts": parts}
+                     "results": run.results, "parts": parts, "seconds": run.seconds_before + time.time() - t_start}
             ckpt = a.checkpoint(train=train, **run.checkpoint_extra)
             for k, v in shell.training_state().items():  # counters, cached metrics: seed s's part
                 if k not in ("agent", "optimizers"):
@@ -445,6 +445,7 @@ def run_stacked(cfg, agent_cls, prepare=None) -> dict:
         last = run.results[-1]
         summary = json_safe({**run.summary_extra, "steps": step, "updates": step, "phases": run.results,
                              "run_dir": run.run_dir, "checkpoint": run.ckpt_path, "seconds": seconds,
+                             "total_seconds": run.seconds_before + seconds,
                              "final_return": last["final_return"], "final_normalized_score": last["final_normalized_score"],
                              "best_return": run.evaluator.best_return,
                              "best_normalized_score": run.evaluator.best_normalized_score,

@@ -73,10 +73,13 @@ def test_sigterm_stops_offline_run_with_exact_checkpoint(use_scripted, tmp_path,
     assert torch.load(tmp_path / "cut" / "checkpoint.pt", weights_only=True)["train"]["step"] == 23
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # handlers restored
     monkeypatch.setattr(logger_mod.MetricAccumulator, "add", original)
-    iql.train(iql.Config(resume=str(tmp_path / "cut" / "checkpoint.pt"), progress=False, threads=1))
+    before = torch.load(tmp_path / "cut" / "checkpoint.pt", weights_only=True)["train"]["seconds"]
+    summary = iql.train(iql.Config(resume=str(tmp_path / "cut" / "checkpoint.pt"), progress=False, threads=1))
     a, b = _same_weights(tmp_path / "full", tmp_path / "cut")
     assert a["train"]["step"] == b["train"]["step"] == 40
     assert _rows(tmp_path / "full") == _rows(tmp_path / "cut")
+    # the wall time of both invocations: total_seconds = the first's (in the checkpoint) + this one's
+    assert before > 0 and summary["total_seconds"] == pytest.approx(before + summary["seconds"], abs=1e-6)
 
 
 def test_sigint_stops_online_run_mid_episode_and_resumes_exactly(tmp_path, monkeypatch):
