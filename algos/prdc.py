@@ -29,7 +29,7 @@ import torch
 from offrl.errors import check
 from offrl.knn import ExactNN
 from offrl.registry import Algorithm, register
-from offrl.td3 import TD3Agent, TD3Config, q_weight, td3_prepare
+from offrl.td3 import TD3Agent, TD3Config, td3_prepare
 
 @dataclass
 class Config(TD3Config):
@@ -73,6 +73,7 @@ class PRDC(TD3Agent):
 
     algo = "prdc"
     Config = Config
+    stackable = True  # --seeds (offrl.stacked): one index, queried for every seed's actions at once
 
     def __init__(self, cfg: Config, obs_dim: int, act_dim: int, obs_mean=None, obs_std=None, device="cpu"):
         super().__init__(cfg, obs_dim, act_dim, obs_mean, obs_std, device)
@@ -91,19 +92,20 @@ class PRDC(TD3Agent):
 
     def nearest_actions(self, obs: torch.Tensor, pi: torch.Tensor) -> torch.Tensor:
         """Action of the dataset row nearest to [β·s, π(s)] (no gradient)."""
-        idx = self.index.query(torch.cat([self.cfg.beta * obs, pi.detach()], 1))
-        return self.data_actions[idx]
+        keys = torch.cat([self.cfg.beta * obs, pi.detach()], -1)
+        idx = self.index.query(keys.reshape(-1, keys.shape[-1]))  # stacked seeds [S, B, ·]: one query for all
+        return self.data_actions[idx].reshape(*pi.shape)
 
     def actor_loss(self, batch, aux=None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         check(self.index is not None, "PRDC needs its dataset index: call setup_data(buffer) first")
         obs = batch.obs
         pi = self.actor(obs)
         q = self.critic(obs, pi)[0]
-        lam = q_weight(self.cfg.alpha, q)
+        q_term, lam = self.q_term(q)  # −λ·mean Q, per seed for stacked seeds
         target = self.nearest_actions(obs, pi)
-        constraint = (pi - target).square().mean()
-        return -lam * q.mean() + constraint, {"constraint_loss": constraint.detach(), "lambda": lam,
-                                              "q_pi": q.detach().mean()}
+        constraint = self.batch_mean((pi - target).square())
+        return q_term + constraint, {"constraint_loss": constraint.detach(), "lambda": lam,
+                                     "q_pi": self.seed_mean(q.detach())}
 
     def compiled_update(self):
         """The KD-tree query is not capturable: compile the critic step only on CPU."""

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import torch
 
 from offrl.registry import Algorithm, register
-from offrl.td3 import TD3Agent, TD3Config, q_weight, td3_prepare
+from offrl.td3 import TD3Agent, TD3Config, td3_prepare
 
 
 @dataclass
@@ -37,14 +37,9 @@ class TD3BC(TD3Agent):
     def actor_loss(self, batch, aux=None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         pi = self.actor(batch.obs)
         q = self.critic(batch.obs, pi)[0]
-        if self.seeds:  # stacked seeds: q [S, B], pi [S, B, A]; each seed's own λ and means
-            lam = q_weight(self.cfg.alpha, q)
-            bc = (pi - batch.act).square().mean(dim=(-2, -1))
-            loss = -lam.squeeze(-1) * q.mean(-1) + bc
-            return loss, {"bc_loss": bc.detach(), "lambda": lam.squeeze(-1), "q_pi": q.detach().mean(-1)}
-        lam = q_weight(self.cfg.alpha, q)
-        bc = (pi - batch.act).square().mean()
-        return -lam * q.mean() + bc, {"bc_loss": bc.detach(), "lambda": lam, "q_pi": q.detach().mean()}
+        q_term, lam = self.q_term(q)  # −λ·mean Q, per seed for stacked seeds
+        bc = self.batch_mean((pi - batch.act).square())
+        return q_term + bc, {"bc_loss": bc.detach(), "lambda": lam, "q_pi": self.seed_mean(q.detach())}
 
 
 ALGORITHM = register(Algorithm("td3_bc", TD3BC, Config, prepare=td3_prepare, kind="offline", doc="TD3+BC (Fujimoto & Gu, 2021)"))

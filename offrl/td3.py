@@ -191,6 +191,19 @@ class TD3Agent(Agent):
         self.update_targets()
         return {"actor_loss": loss.detach(), **metrics}
 
+    def q_term(self, q: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(−λ·mean_B Q, λ) with λ = α / mean_B |Q| detached: the Q part of the actor loss, per seed
+        (``[S]``) for stacked seeds."""
+        lam = q_weight(self.cfg.alpha, q)
+        if self.seeds:
+            lam = lam.squeeze(-1)
+            return -lam * q.mean(-1), lam
+        return -lam * q.mean(), lam
+
+    def batch_mean(self, x: torch.Tensor) -> torch.Tensor:
+        """The mean of a ``[B, A]`` term over batch and dims (per seed, ``[S]``, for stacked seeds ``[S, B, A]``)."""
+        return x.mean(dim=(-2, -1)) if self.seeds else x.mean()
+
     def update_targets(self) -> None:
         soft_update_(self.actor_target, self.actor, self.cfg.tau)
         soft_update_(self.critic_target, self.critic, self.cfg.tau)

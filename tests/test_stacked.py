@@ -11,7 +11,7 @@ import torch
 from test_signals import _rows, _signal_at
 
 from offrl import logger as logger_mod
-from offrl.algos import iql, td3_bc
+from offrl.algos import iql, prdc, td3_bc
 from offrl.data.builtin import SCRIPTED_ID
 from offrl.errors import OffrlError
 from offrl.nets import EnsembleCritic, GaussianActor
@@ -61,13 +61,13 @@ def _ckpt(path):
     return torch.load(path, weights_only=True)
 
 
-@pytest.mark.parametrize("algo", ["iql", "td3_bc"])
+@pytest.mark.parametrize("algo", ["iql", "td3_bc", "prdc"])
 def test_stacked_seeds_match_single_runs(algo, use_scripted, tmp_path):
     """Seed 1 of a stacked run of seeds 0 and 1 ends where a single run of seed 1 ends (to float
     rounding): same initial weights, batches and optimizer arithmetic. TD3's target noise is off,
     since one generator draws it for all stacked seeds."""
-    mod = {"iql": iql, "td3_bc": td3_bc}[algo]
-    extra = ["--policy-noise", "0"] if algo == "td3_bc" else []
+    mod = {"iql": iql, "td3_bc": td3_bc, "prdc": prdc}[algo]
+    extra = ["--policy-noise", "0"] if algo in ("td3_bc", "prdc") else []
     out = mod.main([*TINY, *extra, "--seeds", "0", "1", "--run-dir", str(tmp_path / "stacked")])
     assert out["seeds"] == [0, 1] and [r["run_dir"] for r in out["runs"]] == [str(tmp_path / "stacked" / f"seed{s}") for s in (0, 1)]
     single = mod.main([*TINY, *extra, "--seed", "1", "--run-dir", str(tmp_path / "single")])
