@@ -34,9 +34,9 @@ from dataclasses import dataclass
 import torch
 
 from offrl.errors import check
-from offrl.nets import ConditionalVAE, ValueNet, gaussian_kl
+from offrl.nets import ConditionalVAE, ValueNet, gaussian_kl_elements
 from offrl.registry import Algorithm, register
-from offrl.td3 import TD3Agent, TD3Config, q_weight, td3_prepare
+from offrl.td3 import TD3Agent, TD3Config, td3_prepare
 
 @dataclass
 class Config(TD3Config):
@@ -88,6 +88,7 @@ class A2PR(TD3Agent):
 
     algo = "a2pr"
     Config = Config
+    stackable = True  # --seeds (offrl.stacked): reductions per seed; the VAE's noise is drawn per seed
 
     def __init__(self, cfg: Config, obs_dim: int, act_dim: int, obs_mean=None, obs_std=None, device="cpu"):
         super().__init__(cfg, obs_dim, act_dim, obs_mean, obs_std, device, actor_hidden=cfg.actor_hidden,
@@ -106,9 +107,9 @@ class A2PR(TD3Agent):
             y_c = batch.rew + cfg.discount * (1.0 - batch.done) * self.critic(batch.next_obs, next_act).min(0).values
             v_target = torch.minimum(y, y_c)
         v = self.value(obs)
-        value_loss = (v - v_target).square().mean()
+        value_loss = (v - v_target).square().mean(-1)
         self.optimizers["value"].zero_grad(set_to_none=True)
-        value_loss.backward()
+        value_loss.sum().backward()
         self.optimizers["value"].step()
         v_old = v.detach()
 
@@ -116,14 +117,14 @@ class A2PR(TD3Agent):
             q_data = self.critic(obs, act)[0]
         keep = (q_data > v_old).float()
         recon, mean, std = self.vae(obs, act)
-        recon_loss = (cfg.vae_weight * keep.unsqueeze(-1) * (recon - act).square()).mean()
-        kl = gaussian_kl(mean, std)
+        recon_loss = self.batch_mean(cfg.vae_weight * keep.unsqueeze(-1) * (recon - act).square())
+        kl = self.batch_mean(gaussian_kl_elements(mean, std))
         vae_loss = recon_loss + 0.5 * kl
         self.optimizers["vae"].zero_grad(set_to_none=True)
-        vae_loss.backward()
+        vae_loss.sum().backward()
         self.optimizers["vae"].step()
-        metrics = {"value_loss": value_loss.detach(), "v_mean": v_old.mean(), "vae_loss": vae_loss.detach(),
-                   "vae_recon_loss": recon_loss.detach(), "vae_kl": kl.detach(), "vae_mask_mean": keep.mean()}
+        metrics = {"value_loss": value_loss.detach(), "v_mean": self.seed_mean(v_old), "vae_loss": vae_loss.detach(),
+                   "vae_recon_loss": recon_loss.detach(), "vae_kl": kl.detach(), "vae_mask_mean": self.seed_mean(keep)}
         return metrics, (v_old, q_data)
 
     def actor_loss(self, batch, aux=None):
@@ -133,7 +134,7 @@ class A2PR(TD3Agent):
         v_old, q_data = aux
         pi = self.actor(obs)
         q = self.critic(obs, pi)[0]
-        lam = q_weight(cfg.alpha, q)
+        q_term, lam = self.q_term(q)  # −λ·mean Q, per seed for stacked seeds
         self.vae.requires_grad_(False)  # gradients reach π through the VAE; its own are not used
         try:
             recon_pi, _, _ = self.vae(obs, pi)
@@ -144,10 +145,10 @@ class A2PR(TD3Agent):
         use_recon = (q_recon - v_old) >= (q_data - v_old)
         target = torch.where(use_recon.unsqueeze(-1), recon_pi, act)
         weight = cfg.mask * torch.logical_or(q_recon >= v_old, q_data > v_old).float()  # official: bool + bool, an OR
-        constraint = (weight.unsqueeze(-1) * (pi - target).square()).mean()
-        return -lam * q.mean() + constraint, {
-            "constraint_loss": constraint.detach(), "lambda": lam, "q_pi": q.detach().mean(),
-            "recon_chosen": use_recon.float().mean(), "weight_mean": weight.mean(),
+        constraint = self.batch_mean(weight.unsqueeze(-1) * (pi - target).square())
+        return q_term + constraint, {
+            "constraint_loss": constraint.detach(), "lambda": lam, "q_pi": self.seed_mean(q.detach()),
+            "recon_chosen": self.seed_mean(use_recon.float()), "weight_mean": self.seed_mean(weight),
         }
 
 

@@ -239,7 +239,7 @@ def _bench(args: list[str]) -> int:
     u.add_argument("--compile", action="store_true", help="torch.compile the update step")
     u.add_argument("--rows", type=int, default=100_000, help="rows of the synthetic dataset (PRDC searches all of them)")
     u.add_argument("--stack", type=int, default=1,
-                   help="stacked seeds: each timed update trains this many seeds at once (iql, td3_bc, prdc; offrl.stacked)")
+                   help="stacked seeds: each timed update trains this many seeds at once (iql, td3_bc, prdc, a2pr; offrl.stacked)")
     lp = sub.add_parser("loop", help="env steps/s of an online or on-policy algorithm's whole training loop",
                         description="Env steps/s of the whole training loop (env stepping, normalizers, storage, "
                                     "updates) of an online or on-policy algorithm, evaluation and checkpoints off; "

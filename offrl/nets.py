@@ -382,6 +382,11 @@ class ConditionalVAE(nn.Module):
         return self.max_action * torch.tanh(self.decoder(torch.cat([obs, z], -1)))
 
 
+def gaussian_kl_elements(mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+    """Elementwise KL(N(μ, σ²) ‖ N(0, 1)) = −½(1 + log σ² − μ² − σ²) (BCQ's form)."""
+    return -0.5 * (1.0 + torch.log(std.square()) - mean.square() - std.square())
+
+
 def gaussian_kl(mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
-    """mean over elements of KL(N(μ, σ²) ‖ N(0, 1)) = −½(1 + log σ² − μ² − σ²) (BCQ's form)."""
-    return (-0.5 * (1.0 + torch.log(std.square()) - mean.square() - std.square())).mean()
+    """mean over elements of :func:`gaussian_kl_elements`."""
+    return gaussian_kl_elements(mean, std).mean()

@@ -18,7 +18,7 @@ the randomness inside an update (TD3's target-policy noise): one generator draws
 
 An agent opts in with ``stackable = True`` and writes its batch reductions per seed (the seed dim
 sits right before the batch dim: ``[S, B]``, ``[S, B, d]``, ensembles ``[E, S, B]``; reduce with
-``dim=-1`` / ``Agent.seed_mean``, concatenate along the batch dim ``-2``). IQL, TD3+BC and PRDC
+``dim=-1`` / ``Agent.seed_mean``, concatenate along the batch dim ``-2``). IQL and the TD3 family (TD3+BC, PRDC, A2PR)
 do.
 
 A stacked run writes one ordinary run directory per seed (``RUN_DIR/seed<k>``: config.json,

@@ -538,7 +538,7 @@ def main(argv: list[str]) -> int:
                    help="with --executor ray: the cluster to use (default: auto if RAY_ADDRESS is set, "
                         "else a Ray instance started here with workers × threads CPUs)")
     p.add_argument("--stack-seeds", action="store_true",
-                   help="algorithms that support it (iql, td3_bc, prdc) train all --seeds of a dataset in one process, "
+                   help="algorithms that support it (iql, td3_bc, prdc, a2pr) train all --seeds of a dataset in one process, "
                         "networks stacked over the seeds (pays on a GPU); the others one process per seed")
     p.add_argument("--dry-run", action="store_true", help="print the plan and the state of each run; run nothing")
     p.add_argument("--track", action="store_true",

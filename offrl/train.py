@@ -41,7 +41,7 @@ class OfflineConfig(RunConfig):
     online_learning_starts: int = 0
     """Offline-to-online: uniform-random actions for this many env steps before the agent acts online (CORL: 0)."""
     seeds: tuple[int, ...] = ()
-    """Stacked seeds: train these seeds in one process, every network stacked over them (IQL, TD3+BC, PRDC; one run directory per seed under --run-dir; pays on a GPU). Empty: the single --seed."""
+    """Stacked seeds: train these seeds in one process, every network stacked over them (IQL, TD3+BC, PRDC, A2PR; one run directory per seed under --run-dir; pays on a GPU). Empty: the single --seed."""
 
     def validate(self) -> None:
         super().validate()
