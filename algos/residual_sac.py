@@ -65,6 +65,9 @@ from offrl.run import EnvPhase
 DEMOS_FOR_ENV = {"offrl/FetchPush-v4": "offrl/fetch/push-scripted-v0",
                  "offrl/FetchPickAndPlace-v4": "offrl/fetch/pickandplace-scripted-v0"}
 """The default --demos of an env."""
+ENV_ALIASES = {"FetchPush-v4": "offrl/FetchPush-v4", "FetchPickAndPlace-v4": "offrl/FetchPickAndPlace-v4"}
+"""Gymnasium-Robotics ids → offrl's wrapped ids (flat observation ‖ goal, success reward; envs/robotics.py):
+``--env FetchPush-v4`` means the task as ResFiT uses it."""
 CLAMP_EPS = 1e-6
 """The official TruncatedNormal clamps a sampled residual to ±(1 − 1e-6) (straight-through)."""
 
@@ -145,6 +148,7 @@ class Config(SACConfig):
     """Evaluate the frozen base policy once before training (the summary's ``base``)."""
 
     def resolve(self, dataset) -> None:
+        self.env = ENV_ALIASES.get(self.env, self.env)
         if self.demos is None:
             self.demos = DEMOS_FOR_ENV.get(self.env)
         if self.warmup_noise is None:

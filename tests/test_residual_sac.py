@@ -358,3 +358,12 @@ def test_fetch_push_smoke(tmp_path, monkeypatch, data_dirs):
                  "--run-dir", str(tmp_path / "push")])
     assert r["dataset"] == "offrl/fetch/push-scripted-v0" and r["final_success_rate"] is not None
     assert 0.0 <= r["final_success_rate"] <= 1.0 and r["base"]["success_rate"] is not None
+
+
+def test_gymnasium_robotics_ids_are_aliases_of_the_wrapped_tasks():
+    cfg = Config(env="FetchPickAndPlace-v4")
+    cfg.resolve(None)
+    assert cfg.env == "offrl/FetchPickAndPlace-v4" and cfg.demos == "offrl/fetch/pickandplace-scripted-v0"
+    other = Config(env="InvertedPendulum-v5", demos=SCRIPTED_ID)
+    other.resolve(None)
+    assert other.env == "InvertedPendulum-v5"
