@@ -25,6 +25,12 @@ runs × tasks of one algorithm,
 
 Tasks may have different numbers of runs; an algorithm's aggregates use the tasks it ran.
 Figures use offrl's SVG renderer (the one ``offrl plot`` uses; no plotting dependency).
+
+Offline → online runs (their summaries have ``offline_normalized_score``) get a table of their own:
+the score at the end of each phase and the online normalized regret, as CORL reports fine-tuning.
+``--reference FILE`` adds a column of reference scores to the per-task table (e.g. the published
+D4RL figure of each algorithm next to the offrl dataset it corresponds to; the file's label says
+what they are).
 """
 
 from __future__ import annotations
@@ -81,6 +87,22 @@ def performance_profile(per_task: list[np.ndarray], taus: np.ndarray) -> np.ndar
     return np.array([np.mean([(t > tau).mean() for t in per_task]) for tau in taus])
 
 
+O2O_KEYS = ("offline_normalized_score", "online_normalized_score", "normalized_regret")
+
+
+def load_reference(path: str) -> dict:
+    """A reference-score file for ``--reference``: ``{"label": ..., "scores": {algo: {task: score}}}``
+    (e.g. published D4RL figures of each algorithm, keyed by the offrl dataset they stand next to)."""
+    try:
+        with open(path) as f:
+            ref = json.load(f)
+    except (OSError, ValueError) as e:
+        raise OffrlError(f"--reference {path}: cannot read it ({type(e).__name__})") from None
+    if not isinstance(ref, dict) or not isinstance(ref.get("scores"), dict) or not isinstance(ref.get("label"), str):
+        raise OffrlError(f"--reference {path}: expected {{\"label\": str, \"scores\": {{algo: {{task: score}}}}}}")
+    return ref
+
+
 # ------------------------------------------------------------------------------------ runs
 @dataclass
 class RunRecord:
@@ -97,6 +119,8 @@ class RunRecord:
     curve: tuple[np.ndarray, np.ndarray]
     boundaries: tuple = ()
     config: dict = field(default_factory=dict)
+    o2o: dict | None = None
+    """An offline → online run's summary scores: offline_normalized_score, online_normalized_score, normalized_regret."""
 
 
 def find_runs(paths: list[str]) -> list[str]:
@@ -153,7 +177,8 @@ def read_run(path: str, metric: str, split: list[str]) -> RunRecord | None:
     return RunRecord(path, algo, task, int(cfg.get("seed", 0)), finished, float(last), float(best),
                      int(summary.get("steps", steps[-1])), int(summary.get("updates", 0)),
                      summary.get("total_seconds", summary.get("seconds")),
-                     (steps, values), tuple(phase_boundaries(path)), cfg)
+                     (steps, values), tuple(phase_boundaries(path)), cfg,
+                     {k: summary[k] for k in O2O_KEYS} if all(summary.get(k) is not None for k in O2O_KEYS) else None)
 
 
 # ------------------------------------------------------------------------------------ report
@@ -170,8 +195,10 @@ def _slug(s: str) -> str:
 
 
 def build(paths: list[str], out: str, metric: str = "eval/normalized_score", split: list[str] | None = None,
-          reps: int = 2000, seed: int = 0, include_unfinished: bool = False, title: str | None = None) -> dict:
-    """Read the runs, write ``out/report.md`` and its SVG figures; returns the numbers as a dict."""
+          reps: int = 2000, seed: int = 0, include_unfinished: bool = False, title: str | None = None,
+          reference: str | None = None) -> dict:
+    """Read the runs, write ``out/report.md`` and its SVG figures; returns the numbers as a dict.
+    ``reference``: a :func:`load_reference` file whose scores get a column of the per-task table."""
     from offrl.io import write_json, write_text
     from offrl.plot import Curve, render_svg, write_svg
 
@@ -194,8 +221,10 @@ def build(paths: list[str], out: str, metric: str = "eval/normalized_score", spl
              "the learning curve's mean, a data-efficiency measure); mean ± std over seeds."]
     if skipped and not include_unfinished:
         lines.append(f"{len(skipped)} unfinished runs left out.")
-    lines += ["", "## Per task", "", "| task | algorithm | seeds | budget (steps) | last | best | mean over evaluations |",
-              "|---|---|---|---|---|---|---|"]
+    ref = load_reference(reference) if reference else None
+    ref_head = f" {ref['label']} |" if ref else ""
+    lines += ["", "## Per task", "", f"| task | algorithm | seeds | budget (steps) | last | best | mean over evaluations |{ref_head}",
+              "|---|---|---|---|---|---|---|" + ("---|" if ref else "")]
     table = {}
     for t in tasks:
         for a in algos:
@@ -206,10 +235,38 @@ def build(paths: list[str], out: str, metric: str = "eval/normalized_score", spl
             best = np.array([r.best for r in rs])
             area = np.array([float(r.curve[1].mean()) for r in rs])  # data efficiency: the mean of the learning curve
             budget = sorted({r.steps for r in rs})
-            lines.append(f"| {t} | {a} | {len(rs)} | {', '.join(f'{b:,}' for b in budget)} | {_pm(last)} | {_pm(best)} | {_pm(area)} |")
+            ref_cell = ""
+            if ref:
+                value = ref["scores"].get(a.split("[")[0], {}).get(t)
+                ref_cell = f" {value:.1f} |" if isinstance(value, (int, float)) else " – |"
+            lines.append(f"| {t} | {a} | {len(rs)} | {', '.join(f'{b:,}' for b in budget)} | {_pm(last)} | {_pm(best)} | {_pm(area)} |{ref_cell}")
             table[f"{a}|{t}"] = {"seeds": len(rs), "last_mean": float(last.mean()), "last_std": float(last.std()),
                                  "best_mean": float(best.mean()), "best_std": float(best.std()),
                                  "curve_mean": float(area.mean()), "curve_std": float(area.std()), "budget": budget}
+
+    if ref and ref.get("note"):
+        lines += ["", ref["note"]]
+
+    # offline → online runs: the end of each phase and the online regret, as CORL reports fine-tuning
+    o2o = {}
+    if any(r.o2o for r in records):
+        lines += ["", "## Offline → online", "",
+                  "Normalized score at the end of the offline phase and of the online phase, and the normalized regret "
+                  "(mean over the online evaluations of 1 − score/100); mean ± std over seeds.", "",
+                  "| task | algorithm | seeds | offline | online | online − offline | normalized regret ↓ |",
+                  "|---|---|---|---|---|---|---|"]
+        for t in tasks:
+            for a in algos:
+                rs = [r for r in cell[(a, t)] if r.o2o]
+                if not rs:
+                    continue
+                off = np.array([r.o2o["offline_normalized_score"] for r in rs])
+                on = np.array([r.o2o["online_normalized_score"] for r in rs])
+                reg = np.array([r.o2o["normalized_regret"] for r in rs])
+                o2o[f"{a}|{t}"] = {"seeds": len(rs), "offline_mean": float(off.mean()), "online_mean": float(on.mean()),
+                                   "regret_mean": float(reg.mean()), "regret_std": float(reg.std())}
+                lines.append(f"| {t} | {a} | {len(rs)} | {_pm(off)} | {_pm(on)} | {_pm(on - off)} | "
+                             + (f"{reg.mean():.3f} ± {reg.std():.3f}" if reg.size > 1 else f"{reg.mean():.3f}") + " |")
 
     # aggregates over tasks (the last score), with stratified bootstrap intervals
     agg = {}
@@ -273,7 +330,7 @@ def build(paths: list[str], out: str, metric: str = "eval/normalized_score", spl
               "them only within one sweep.", ""]
     write_text(os.path.join(out, "report.md"), "\n".join(lines))
     result = {"out": out, "runs": len(records), "unfinished_left_out": 0 if include_unfinished else len(skipped),
-              "algorithms": algos, "tasks": tasks, "table": table, "aggregates": agg, "runtime": runtime}
+              "algorithms": algos, "tasks": tasks, "table": table, "aggregates": agg, "runtime": runtime, "o2o": o2o}
     write_json(os.path.join(out, "report.json"), result, indent=1)
     return result
 
@@ -289,9 +346,12 @@ def main(argv: list[str]) -> int:
     p.add_argument("--seed", type=int, default=0, help="bootstrap seed (default 0)")
     p.add_argument("--include-unfinished", action="store_true", help="report unfinished runs at their last evaluation")
     p.add_argument("--title", default=None)
+    p.add_argument("--reference", default=None, metavar="FILE",
+                   help='reference scores for a column of the per-task table: JSON {"label": ..., "note": ..., '
+                        '"scores": {algo: {task: score}}} (e.g. docs/results/d4rl_reference.json)')
     a = p.parse_args(argv)
     if a.reps < 1:
         raise OffrlError(f"--reps must be >= 1, got {a.reps}")
-    res = build(a.paths, a.out, a.metric, a.split, a.reps, a.seed, a.include_unfinished, a.title)
+    res = build(a.paths, a.out, a.metric, a.split, a.reps, a.seed, a.include_unfinished, a.title, a.reference)
     print(json.dumps({k: res[k] for k in ("out", "runs", "unfinished_left_out", "algorithms", "tasks")}))
     return 0

@@ -55,7 +55,7 @@ def test_performance_profile_by_hand():
     np.testing.assert_allclose(prof, [1.0, (0.5 + 0.75) / 2, (0.0 + 0.5) / 2, 0.0])
 
 
-def _fake_run(root, algo, task, seed, scores, returns=None, finished=True, online=False, extra_cfg=None):
+def _fake_run(root, algo, task, seed, scores, returns=None, finished=True, online=False, extra_cfg=None, o2o=None):
     d = root / f"{algo}-{task.replace('/', '_')}-{seed}"
     d.mkdir(parents=True)
     cfg = {"seed": seed, **(extra_cfg or {})}
@@ -70,7 +70,7 @@ def _fake_run(root, algo, task, seed, scores, returns=None, finished=True, onlin
         best = int(np.argmax(returns))
         (d / "summary.json").write_text(json.dumps({"steps": 100 * len(scores), "updates": 100 * len(scores),
                                                      "seconds": 10.0, "final_normalized_score": scores[-1],
-                                                     "best_normalized_score": scores[best]}))
+                                                     "best_normalized_score": scores[best], **(o2o or {})}))
     return d
 
 
@@ -124,3 +124,27 @@ def test_errors_are_clear(tmp_path, capsys):
     (tmp_path / "empty").mkdir()
     code, _, err = cli_main(["report", str(tmp_path / "empty"), "--out", str(tmp_path / "r")], capsys)
     assert_one_line_error(code, err, "no run directories")
+
+
+def test_offline_to_online_table_and_reference_column(tmp_path):
+    runs = tmp_path / "runs"
+    for seed, (off, on, reg) in enumerate([(20.0, 30.0, 0.75), (40.0, 30.0, 0.65)]):
+        _fake_run(runs, "iql", "d/one", seed, [off, on], o2o={"offline_normalized_score": off,
+                                                            "online_normalized_score": on, "normalized_regret": reg})
+    _fake_run(runs, "bc", "d/one", 0, [5.0, 6.0])  # offline only: not in the offline → online table
+    ref = tmp_path / "ref.json"
+    ref.write_text(json.dumps({"label": "paper (other data)", "note": "Reference: not our data.",
+                               "scores": {"iql": {"d/one": 66.3}}}))
+    res = build([str(runs)], str(tmp_path / "rep"), reps=50, reference=str(ref))
+    assert list(res["o2o"]) == ["iql|d/one"]
+    row = res["o2o"]["iql|d/one"]
+    assert (row["offline_mean"], row["online_mean"], row["regret_mean"]) == (30.0, 30.0, pytest.approx(0.7))
+    md = (tmp_path / "rep" / "report.md").read_text()
+    assert "| d/one | iql | 2 | 30.0 ± 10.0 | 30.0 ± 0.0 | 0.0 ± 10.0 | 0.700 ± 0.050 |" in md
+    assert "| mean over evaluations | paper (other data) |" in md
+    assert "| d/one | iql | 2 | 200 | 30.0 ± 0.0 |" in md and md.count(" 66.3 |") == 1 and "| – |" in md
+    assert "Reference: not our data." in md
+    bad = tmp_path / "bad.json"
+    bad.write_text("[1, 2]")
+    with pytest.raises(OffrlError, match="--reference"):
+        build([str(runs)], str(tmp_path / "rep2"), reps=10, reference=str(bad))
