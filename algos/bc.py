@@ -193,6 +193,7 @@ class BC(Agent):
     algo = "bc"
     Config = Config
     policy_modules = ("actor",)
+    graph_safe = True  # --cuda-graph
 
     def __init__(self, cfg: Config, obs_dim: int, act_dim: int, obs_mean=None, obs_std=None, device="cpu"):
         super().__init__(cfg, obs_dim, act_dim, obs_mean, obs_std, device)

@@ -130,6 +130,7 @@ class IQL(Agent):
     Config = Config
     online_continuation = True
     stackable = True  # --seeds: reductions over the batch dim, per seed
+    graph_safe = True  # --cuda-graph: no host sync; the cosine lr is written in place on the device
 
     def __init__(self, cfg: Config, obs_dim: int, act_dim: int, obs_mean=None, obs_std=None, device="cpu"):
         super().__init__(cfg, obs_dim, act_dim, obs_mean, obs_std, device)

@@ -74,6 +74,7 @@ class PRDC(TD3Agent):
     algo = "prdc"
     Config = Config
     stackable = True  # --seeds (offrl.stacked): one index, queried for every seed's actions at once
+    graph_safe = False  # the nearest-neighbour search (a KD-tree on CPU) is not captured
 
     def __init__(self, cfg: Config, obs_dim: int, act_dim: int, obs_mean=None, obs_std=None, device="cpu"):
         super().__init__(cfg, obs_dim, act_dim, obs_mean, obs_std, device)

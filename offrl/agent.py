@@ -135,6 +135,10 @@ class Agent(nn.Module):
     reduced per seed over the batch dim, summed over seeds before ``backward``)."""
     seeds: int = 0
     """Stacked seeds of this agent (0: a single agent; set by :class:`offrl.stacked.Stack`)."""
+    graph_safe: ClassVar[bool] = False
+    """Whether ``update`` can be captured as a CUDA graph (``--cuda-graph``, :mod:`offrl.graphs`):
+    no host sync, no data-dependent shapes, no python-side state that changes between steps (or
+    :meth:`graph_parts` / :meth:`graph_step` say how to replay it)."""
 
     def __init__(self, cfg, obs_dim: int, act_dim: int, obs_mean=None, obs_std=None, device: str | torch.device = "cpu"):
         super().__init__()
@@ -171,6 +175,19 @@ class Agent(nn.Module):
     def compiled_update(self):
         """The update function ``--compile`` uses (agents with a python-side schedule override)."""
         return torch.compile(self.update)
+
+    def graph_parts(self, batch, outputs: dict) -> dict:
+        """``--cuda-graph``: name → function of one captured graph, run on the static ``batch``
+        (captured in order; a later part may read ``outputs[earlier part]`` when it runs). Default:
+        the whole update."""
+        return {"update": lambda: self.update(batch)}
+
+    def graph_step(self, replays: dict, outputs: dict) -> dict[str, torch.Tensor]:
+        """``--cuda-graph``: one training step by replaying the captured parts; its metrics."""
+        from offrl.graphs import outputs_of
+
+        replays["update"]()
+        return outputs_of(outputs["update"])
 
     def begin_phase(self, kind: str, steps: int) -> None:
         """Called by the run when a phase starts (``kind``: offline, online, on-policy; ``steps``:

@@ -31,7 +31,7 @@ def bench_algorithms() -> list[str]:
 
 def bench_update(algo: str = "iql", device: str = "cpu", steps: int = 1000, warmup: int = 100, batch_size: int = 256,
                  obs_dim: int = 17, act_dim: int = 6, threads: int = 0, compile: bool = False, rows: int = 100_000,
-                 seed: int = 0, stack: int = 1) -> dict:
+                 seed: int = 0, stack: int = 1, cuda_graph: bool = False) -> dict:
     from offrl.buffer import ReplayBuffer
     from offrl.utils import resolve_device, set_seed
 
@@ -87,7 +87,14 @@ def bench_update(algo: str = "iql", device: str = "cpu", steps: int = 1000, warm
     agent.setup_data(buf)  # PRDC: the nearest-neighbour index over all rows
     sync()
     setup_s = time.perf_counter() - t
-    update = agent.compiled_update() if compile else agent.update
+    if cuda_graph:
+        from offrl.graphs import GraphedUpdate
+
+        if compile or stack > 1:
+            raise OffrlError("--cuda-graph cannot be combined with --compile or --stack")
+        update = GraphedUpdate(agent)  # the warm-up updates run eagerly, then one capture (in warmup_s)
+    else:
+        update = agent.compiled_update() if compile else agent.update
 
     t = time.perf_counter()
     for _ in range(warmup):
@@ -101,7 +108,7 @@ def bench_update(algo: str = "iql", device: str = "cpu", steps: int = 1000, warm
     dt = time.perf_counter() - t
     finite = all(bool(torch.isfinite(v).all()) for v in m.values())
     return {
-        "algo": algo, "device": str(dev), "compile": compile, "threads": torch.get_num_threads(),
+        "algo": algo, "device": str(dev), "compile": compile, "cuda_graph": cuda_graph, "threads": torch.get_num_threads(),
         "batch_size": batch_size, "obs_dim": obs_dim, "act_dim": act_dim, "steps": steps,
         "updates_per_s": round(steps / dt, 2), "ms_per_update": round(1000 * dt / steps, 4),
         "stack": stack, "seed_updates_per_s": round(stack * steps / dt, 2),

@@ -238,6 +238,7 @@ def _bench(args: list[str]) -> int:
     u.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch default)")
     u.add_argument("--compile", action="store_true", help="torch.compile the update step")
     u.add_argument("--rows", type=int, default=100_000, help="rows of the synthetic dataset (PRDC searches all of them)")
+    u.add_argument("--cuda-graph", action="store_true", help="capture the update as a CUDA graph (offrl.graphs)")
     u.add_argument("--stack", type=int, default=1,
                    help="stacked seeds: each timed update trains this many seeds at once (iql, td3_bc, prdc, a2pr; offrl.stacked)")
     lp = sub.add_parser("loop", help="env steps/s of an online or on-policy algorithm's whole training loop",
@@ -264,7 +265,7 @@ def _bench(args: list[str]) -> int:
     if a.rows < a.batch_size:
         raise OffrlError(f"--rows must be at least --batch-size ({a.batch_size}), got {a.rows}")
     print(json.dumps(bench_update(a.algo, a.device, a.steps, a.warmup, a.batch_size, a.obs_dim, a.act_dim,
-                                  a.threads, a.compile, a.rows, stack=a.stack)))
+                                  a.threads, a.compile, a.rows, stack=a.stack, cuda_graph=a.cuda_graph)))
     return 0
 
 

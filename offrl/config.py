@@ -35,6 +35,8 @@ class RunConfig:
     """Continue from this checkpoint; the run resumes in the checkpoint's directory with its config (flags changed on the command line override)."""
     compile: bool = False
     """torch.compile the update step."""
+    cuda_graph: bool = False
+    """Capture the whole update step as a CUDA graph and replay it (CUDA only; IQL, TD3+BC, A2PR, BC: offrl/graphs.py)."""
     threads: int = 0
     """torch CPU threads (0 = torch's default)."""
     env_backend: Literal["auto", "gymnasium", "batched"] = "auto"
@@ -61,6 +63,7 @@ class RunConfig:
         check(self.env_backend in ("auto", "gymnasium", "batched"),
               f"--env-backend must be auto, gymnasium or batched, got '{self.env_backend}'")
         check(self.heartbeat_seconds >= 0, f"--heartbeat-seconds must be >= 0, got {self.heartbeat_seconds}")
+        check(not (self.compile and self.cuda_graph), "--compile and --cuda-graph are alternatives: choose one")
         if self.track:
             from offrl.tracking import check_wandb
 

@@ -252,7 +252,12 @@ class Run:
         self.seconds_before = 0.0  # training-loop seconds of earlier invocations (a resumed run)
         self.acc = MetricAccumulator()
         self.ckpt_path = os.path.join(run_dir, "checkpoint.pt")
-        self.update = agent.compiled_update() if cfg.compile else agent.update
+        if getattr(cfg, "cuda_graph", False):
+            from offrl.graphs import GraphedUpdate
+
+            self.update = GraphedUpdate(agent)
+        else:
+            self.update = agent.compiled_update() if cfg.compile else agent.update
         self._resume: dict | None = None
         self._t_start: float | None = None
         if ckpt is not None:

@@ -106,6 +106,7 @@ class TD3Agent(Agent):
     """TD3 core: subclasses implement :meth:`actor_loss` (and may add networks and steps)."""
 
     policy_modules = ("actor",)
+    graph_safe = True  # --cuda-graph: two graphs, the schedule in python (graph_parts, graph_step)
 
     def __init__(self, cfg: TD3Config, obs_dim: int, act_dim: int, obs_mean=None, obs_std=None, device="cpu",
                  actor_hidden=None, critic_hidden=None):
@@ -218,6 +219,31 @@ class TD3Agent(Agent):
             self._actor_metrics = {k: v.clone() for k, v in self._actor_step(batch, aux).items()}
         if self._actor_metrics is not None:
             # the latest actor metrics every step: over a log interval their mean is the actor steps' mean
+            metrics.update(self._actor_metrics)
+        return metrics
+
+    def graph_parts(self, batch, outputs: dict) -> dict:
+        """``--cuda-graph``: one graph for the critic and extra steps, one for the delayed actor step
+        (which reads the first graph's ``aux``); :meth:`graph_step` keeps the schedule in python."""
+        from offrl.graphs import outputs_of
+
+        def critic():
+            metrics, y, next_act = self.critic_update(batch)
+            extra, aux = self.extra_update(batch, y, next_act)
+            return {"metrics": {**metrics, **extra}, "aux": aux}
+
+        return {"critic": critic, "actor": lambda: self.actor_step(batch, outputs_of(outputs["critic"])["aux"])}
+
+    def graph_step(self, replays: dict, outputs: dict) -> dict[str, torch.Tensor]:
+        from offrl.graphs import outputs_of
+
+        replays["critic"]()
+        metrics = dict(outputs_of(outputs["critic"])["metrics"])
+        self.iteration += 1
+        if self.iteration % self.cfg.policy_freq == 0:
+            replays["actor"]()
+            self._actor_metrics = {k: v.clone() for k, v in outputs_of(outputs["actor"]).items()}
+        if self._actor_metrics is not None:
             metrics.update(self._actor_metrics)
         return metrics
 

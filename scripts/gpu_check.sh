@@ -32,6 +32,10 @@ for algo in iql td3_bc odice a2pr sac cql; do
   done
 done
 timeout 120 python3 -m offrl.cli bench update --algo prdc --device cuda --steps 2000 --rows 1000000 2>>"$out/bench.err" | tee -a "$out/bench.jsonl"
+# whole-update CUDA graphs (offrl/graphs.py), against the eager and compiled rows above
+for algo in iql td3_bc a2pr bc; do
+  timeout 120 python3 -m offrl.cli bench update --algo $algo --device cuda --steps 2000 --cuda-graph 2>>"$out/bench.err" | tee -a "$out/bench.jsonl"
+done
 # stacked seeds (offrl/stacked.py): seed-updates/s of 5 seeds in one update, against the eager single-seed rows above
 for algo in iql td3_bc; do
   timeout 120 python3 -m offrl.cli bench update --algo $algo --device cuda --steps 2000 --stack 5 2>>"$out/bench.err" | tee -a "$out/bench.jsonl"
