@@ -360,12 +360,12 @@ class _RayExecutor:
     a Ray instance started here with ``workers × threads`` CPUs. ``workers`` (or None: no cap) bounds the
     runs in flight."""
 
-    def __init__(self, workers: int | None, threads: int, address: str | None):
+    def __init__(self, workers: int | None, threads: int, address: str | None, gpus: float = 0.0):
         self._ray = _import_ray()
-        self.threads, self.address = threads, address
+        self.threads, self.address, self.gpus = threads, address, float(gpus)
         self.slots = workers if workers is not None else 1 << 30
         self._cpus = (workers or max(1, (os.cpu_count() or 1) // threads)) * threads
-        self._per_run = f"{threads} CPU{'s' if threads > 1 else ''} per run"
+        self._per_run = f"{threads} CPU{'s' if threads > 1 else ''}" + (f" and {gpus:g} GPU" if gpus else "") + " per run"
         self.describe = f"Ray ({address or f'local, {self._cpus} CPUs'}), {self._per_run}"
         self._started = False
         self._signals: list[int] = []
@@ -390,7 +390,7 @@ class _RayExecutor:
         self.describe = (f"Ray ({ray.get_runtime_context().gcs_address}, {ray.cluster_resources().get('CPU', 0):g} "
                          f"CPUs), {self._per_run}")
         self._stop = ray.remote(num_cpus=0)(_StopSignals).remote()
-        self._task = ray.remote(num_cpus=self.threads, max_retries=0)(_ray_task)
+        self._task = ray.remote(num_cpus=self.threads, num_gpus=self.gpus, max_retries=0)(_ray_task)
         self._env = {k: v for k, v in os.environ.items() if k in _FORWARD_ENV or k.startswith("WANDB_")}
         self._env["OMP_NUM_THREADS"] = str(self.threads)
 
@@ -428,14 +428,14 @@ def _echo(line: str) -> None:
 
 
 def run_sweep(runs: list[RunSpec], out: str, workers: int | None, threads: int, echo=_echo,
-              executor: str = "local", ray_address: str | None = None) -> dict:
+              executor: str = "local", ray_address: str | None = None, gpus_per_run: float = 0.0) -> dict:
     """Run the ``runs`` not yet finished on ``workers`` processes (``executor="local"``) or as Ray tasks
     (``"ray"``: on the cluster at ``ray_address``, or on a Ray instance started here; ``workers`` None: no
     cap on the runs in flight); returns counts and failures. One sweep at a time per directory (a lock
     file); SIGINT/SIGTERM stop it: no new runs start and the running ones checkpoint and exit, to be
     resumed by the next call."""
     if executor == "ray":
-        pool = _RayExecutor(workers, threads, ray_address)
+        pool = _RayExecutor(workers, threads, ray_address, gpus_per_run)
     elif executor == "local":
         pool = _LocalExecutor(workers or max(1, (os.cpu_count() or 1) // threads), threads)
     else:
@@ -540,6 +540,9 @@ def main(argv: list[str]) -> int:
     p.add_argument("--stack-seeds", action="store_true",
                    help="algorithms that support it (iql, td3_bc, prdc, a2pr) train all --seeds of a dataset in one process, "
                         "networks stacked over the seeds (pays on a GPU); the others one process per seed")
+    p.add_argument("--gpus-per-run", type=float, default=0.0, metavar="F",
+                   help="with --executor ray: the GPU fraction each run's task asks for (e.g. 0.25: four runs per GPU; "
+                        "pass --set device=cuda too)")
     p.add_argument("--dry-run", action="store_true", help="print the plan and the state of each run; run nothing")
     p.add_argument("--track", action="store_true",
                    help="log every run to Weights & Biases, grouped by the sweep's name (its --out folder)")
@@ -550,6 +553,8 @@ def main(argv: list[str]) -> int:
         _import_ray()  # up front: one line, not a traceback after the planning
     elif a.ray_address is not None:
         raise OffrlError("--ray-address needs --executor ray")
+    if a.gpus_per_run < 0 or (a.gpus_per_run and a.executor != "ray"):
+        raise OffrlError("--gpus-per-run needs --executor ray and a value >= 0")
     ray_address = a.ray_address or ("auto" if os.environ.get("RAY_ADDRESS") else None)
     if ray_address == "local":
         ray_address = None  # start one here, as without RAY_ADDRESS
@@ -568,7 +573,8 @@ def main(argv: list[str]) -> int:
         for r in runs:
             print(f"{r.state():8s} {r.name}  {shlex.join(r.command()[2:])}")
         return 0
-    result = run_sweep(runs, a.out, workers, a.threads, executor=a.executor, ray_address=ray_address)
+    result = run_sweep(runs, a.out, workers, a.threads, executor=a.executor, ray_address=ray_address,
+                       gpus_per_run=a.gpus_per_run)
     print(json.dumps(result))
     if result["interrupted"]:
         print(f"sweep {a.out} stopped; run the same command again to resume it", file=sys.stderr)

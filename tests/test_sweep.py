@@ -129,6 +129,12 @@ def test_executor_ray_without_ray_is_one_line(tmp_path, capsys, monkeypatch):
     assert not (tmp_path / "s").exists()  # up front: nothing planned or written
 
 
+def test_gpus_per_run_needs_the_ray_executor(tmp_path, capsys):
+    code, _, err = cli_main(["sweep", "--algos", "iql", "--datasets", SCRIPTED, "--out", str(tmp_path / "s"),
+                             "--gpus-per-run", "0.5"], capsys)
+    assert assert_one_line_error(code, err) == "offrl: error: --gpus-per-run needs --executor ray and a value >= 0"
+
+
 needs_ray = pytest.mark.skipif(importlib.util.find_spec("ray") is None, reason="needs the offrl[ray] extra")
 
 
