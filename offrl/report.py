@@ -140,8 +140,38 @@ def find_runs(paths: list[str]) -> list[str]:
     return sorted(found)
 
 
-def read_run(path: str, metric: str, split: list[str]) -> RunRecord | None:
-    """One run's record; None for an unfinished run that has no evaluation yet."""
+def env_token(task: str) -> str:
+    """The offrl dataset family of a task: ``offrl/halfcheetah/medium-v0`` → halfcheetah, ``HalfCheetah-v5`` → halfcheetah."""
+    if task.startswith("offrl/"):
+        return task.split("/")[1]
+    return task.split("-v")[0].split("/")[-1].lower()
+
+
+def imitation_references(task: str) -> tuple[float, float]:
+    """(random, expert) returns of a task for expert-normalized scores: the mean episode returns of
+    ``offrl/<env>/random-v0`` and ``offrl/<env>/expert-v0`` (which must be present)."""
+    from offrl.data import load_dataset
+    from offrl.data.registry import is_present
+
+    env = env_token(task)
+    refs = []
+    for level in ("random", "expert"):
+        dataset_id = f"offrl/{env}/{level}-v0"
+        try:
+            present = is_present(dataset_id)
+        except OffrlError:
+            present = False
+        if not present:
+            raise OffrlError(f"--expert-normalized needs {dataset_id} for {task}: offrl datasets make {dataset_id}")
+        refs.append(float(load_dataset(dataset_id, download=False).summary()["return_mean"]))
+    return refs[0], refs[1]
+
+
+def read_run(path: str, metric: str, split: list[str], expert_normalized: bool = False,
+             references: dict | None = None) -> RunRecord | None:
+    """One run's record; None for an unfinished run that has no evaluation yet. ``expert_normalized``:
+    the score is 100·(R − R_random)/(R_expert − R_random) of ``eval/return_mean`` (:func:`imitation_references`,
+    cached in ``references`` by task)."""
     from offrl.plot import phase_boundaries, read_metric
 
     with open(os.path.join(path, "config.json")) as f:
@@ -154,6 +184,8 @@ def read_run(path: str, metric: str, split: list[str]) -> RunRecord | None:
     task = data["id"] if isinstance(data, dict) and data.get("id") else (meta.get("env_id") or cfg.get("env") or "?")
     summary_path = os.path.join(path, "summary.json")
     finished = os.path.isfile(summary_path)
+    if expert_normalized:
+        metric = "eval/return_mean"
     try:
         steps, values, _ = read_metric(path, metric)
     except OffrlError:
@@ -161,7 +193,14 @@ def read_run(path: str, metric: str, split: list[str]) -> RunRecord | None:
             return None
         raise OffrlError(f"{path}: a finished run without evaluations of {metric} (was evaluation disabled?)") from None
     summary = json.load(open(summary_path)) if finished else {}
-    if metric == "eval/normalized_score" and finished:
+    if expert_normalized:
+        if references is None:
+            references = {}
+        if task not in references:
+            references[task] = imitation_references(task)
+        low, high = references[task]
+        values = 100.0 * (np.asarray(values, dtype=np.float64) - low) / (high - low)
+    if metric == "eval/normalized_score" and finished and not expert_normalized:
         last, best = summary.get("final_normalized_score"), summary.get("best_normalized_score")
     else:
         last, best = None, None
@@ -196,13 +235,14 @@ def _slug(s: str) -> str:
 
 def build(paths: list[str], out: str, metric: str = "eval/normalized_score", split: list[str] | None = None,
           reps: int = 2000, seed: int = 0, include_unfinished: bool = False, title: str | None = None,
-          reference: str | None = None) -> dict:
+          reference: str | None = None, expert_normalized: bool = False) -> dict:
     """Read the runs, write ``out/report.md`` and its SVG figures; returns the numbers as a dict.
     ``reference``: a :func:`load_reference` file whose scores get a column of the per-task table."""
     from offrl.io import write_json, write_text
     from offrl.plot import Curve, render_svg, write_svg
 
-    read = [(p, read_run(p, metric, split or [])) for p in find_runs(paths)]
+    references: dict = {}
+    read = [(p, read_run(p, metric, split or [], expert_normalized, references)) for p in find_runs(paths)]
     records = [r for _, r in read if r is not None]
     skipped = [r for r in records if not r.finished] + [p for p, r in read if r is None]
     if not include_unfinished:
@@ -215,6 +255,11 @@ def build(paths: list[str], out: str, metric: str = "eval/normalized_score", spl
     cell = {(a, t): [r for r in records if r.algo == a and r.task == t] for a in algos for t in tasks}
     os.makedirs(out, exist_ok=True)
     score_name = "normalized score" if metric == "eval/normalized_score" else metric
+    if expert_normalized:
+        metric = "expert-normalized return"
+        score_name = ("expert-normalized return, 100·(R − R_random)/(R_expert − R_random) with R_expert and R_random "
+                      "the mean episode returns of offrl/<env>/expert-v0 and random-v0 ("
+                      + "; ".join(f"{t}: {lo:.1f}, {hi:.1f}" for t, (lo, hi) in sorted(references.items())) + ")")
     lines = [f"# {title or 'Results'}", "",
              f"{len(records)} runs: {len(algos)} algorithm(s) × {len(tasks)} task(s). Score: {score_name} "
              "(last = final evaluation, best = the evaluation with the highest mean return, mean over evaluations = "
@@ -346,12 +391,16 @@ def main(argv: list[str]) -> int:
     p.add_argument("--seed", type=int, default=0, help="bootstrap seed (default 0)")
     p.add_argument("--include-unfinished", action="store_true", help="report unfinished runs at their last evaluation")
     p.add_argument("--title", default=None)
+    p.add_argument("--expert-normalized", action="store_true",
+                   help="score = 100·(R − R_random)/(R_expert − R_random) of eval/return_mean, with the mean episode "
+                        "returns of offrl/<env>/expert-v0 and random-v0 (imitation runs)")
     p.add_argument("--reference", default=None, metavar="FILE",
                    help='reference scores for a column of the per-task table: JSON {"label": ..., "note": ..., '
                         '"scores": {algo: {task: score}}} (e.g. docs/results/d4rl_reference.json)')
     a = p.parse_args(argv)
     if a.reps < 1:
         raise OffrlError(f"--reps must be >= 1, got {a.reps}")
-    res = build(a.paths, a.out, a.metric, a.split, a.reps, a.seed, a.include_unfinished, a.title, a.reference)
+    res = build(a.paths, a.out, a.metric, a.split, a.reps, a.seed, a.include_unfinished, a.title, a.reference,
+                a.expert_normalized)
     print(json.dumps({k: res[k] for k in ("out", "runs", "unfinished_left_out", "algorithms", "tasks")}))
     return 0

@@ -148,3 +148,27 @@ def test_offline_to_online_table_and_reference_column(tmp_path):
     bad.write_text("[1, 2]")
     with pytest.raises(OffrlError, match="--reference"):
         build([str(runs)], str(tmp_path / "rep2"), reps=10, reference=str(bad))
+
+
+def test_expert_normalized_scores(tmp_path, monkeypatch, data_dirs):
+    from offrl import report
+
+    runs = tmp_path / "runs"
+    _fake_run(runs, "ailboost", "HalfCheetah-v5", 0, [1.0, 2.0], returns=[100.0, 550.0], online=True)
+    _fake_run(runs, "bc", "offrl/halfcheetah/expert-v0", 0, [1.0, 2.0], returns=[1000.0, 325.0])
+    with pytest.raises(OffrlError, match="needs offrl/halfcheetah/random-v0 for .*offrl datasets make"):
+        build([str(runs)], str(tmp_path / "rep0"), reps=10, expert_normalized=True)
+    seen = []
+
+    def refs(task):
+        seen.append(task)
+        return 100.0, 1000.0
+
+    monkeypatch.setattr(report, "imitation_references", refs)
+    res = build([str(runs)], str(tmp_path / "rep"), reps=10, expert_normalized=True)
+    assert res["table"]["ailboost|HalfCheetah-v5"]["last_mean"] == pytest.approx(50.0)  # (550 − 100) / 900
+    assert res["table"]["bc|offrl/halfcheetah/expert-v0"]["last_mean"] == pytest.approx(25.0)
+    assert res["table"]["bc|offrl/halfcheetah/expert-v0"]["best_mean"] == pytest.approx(100.0)  # the highest return
+    assert sorted(seen) == ["HalfCheetah-v5", "offrl/halfcheetah/expert-v0"]  # once per task
+    assert "expert-normalized return" in (tmp_path / "rep" / "report.md").read_text()
+    assert report.env_token("HalfCheetah-v5") == report.env_token("offrl/halfcheetah/medium-v0") == "halfcheetah"
