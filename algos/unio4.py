@@ -973,6 +973,52 @@ def train(cfg: Config) -> dict:
     return run.execute()
 
 
+def average_ranks(x) -> np.ndarray:
+    """Ranks 1..n of ``x``, ties sharing the mean of their ranks (as Spearman's ρ ranks)."""
+    x = np.asarray(x, dtype=np.float64)
+    order = np.argsort(x, kind="mergesort")
+    ranks = np.empty(len(x))
+    ranks[order] = np.arange(1, len(x) + 1)
+    for value in np.unique(x):
+        tied = x == value
+        ranks[tied] = ranks[tied].mean()
+    return ranks
+
+
+def spearman(x, y) -> float | None:
+    """Spearman's rank correlation (Pearson's on average ranks); None when either side is constant."""
+    rx, ry = average_ranks(x), average_ranks(y)
+    if rx.std() == 0 or ry.std() == 0:
+        return None
+    return float(np.corrcoef(rx, ry)[0, 1])
+
+
+def ope_ranking(history: list[dict]) -> dict:
+    """How the OPE scores rank the policies their real returns rank: the policies are (member,
+    improvement step) pairs with both an OPE score and a real evaluation at that step. ``spearman``:
+    over all of them; ``spearman_within_step``: the mean over steps of the ρ over members;
+    ``pairwise_accuracy``: the fraction of policy pairs with different real returns that the OPE
+    orders the same way (the paper's "AM-Q ranks policies right 78 % of the time")."""
+    ope, real = {}, {}
+    for h in history:
+        if "ope" in h:
+            ope[h["improve_step"]] = h["ope"]
+        if "member_returns" in h:
+            real[h["improve_step"]] = h["member_returns"]
+    steps = sorted(set(ope) & set(real))
+    if not steps:
+        return {"policies": 0, "spearman": None, "spearman_within_step": None, "pairwise_accuracy": None}
+    o = np.concatenate([np.asarray(ope[k], np.float64) for k in steps])
+    r = np.concatenate([np.asarray(real[k], np.float64) for k in steps])
+    within = [v for v in (spearman(ope[k], real[k]) for k in steps) if v is not None]
+    i, j = np.triu_indices(len(o), k=1)
+    differ = r[i] != r[j]
+    agree = np.sign(o[i] - o[j]) == np.sign(r[i] - r[j])
+    return {"policies": int(len(o)), "steps": steps, "spearman": spearman(o, r),
+            "spearman_within_step": float(np.mean(within)) if within else None,
+            "pairwise_accuracy": float(agree[differ].mean()) if differ.any() else None}
+
+
 def _unio4_summary(run, agent) -> dict:
     """The summary's ``unio4`` block: the score after each stage, the member chosen, OPE and real returns."""
     by_name = {p["name"]: p for p in run.results}
@@ -983,6 +1029,7 @@ def _unio4_summary(run, agent) -> dict:
         "selected_member": int(agent.selected) if int(agent.selected) >= 0 else None,
         "ope_last": agent.ope_last.tolist(), "ope_best": agent.ope_best.tolist(),
         "member_returns": agent.member_returns.tolist(), "model_elites": agent.dynamics.elites.tolist(),
+        "ope_ranking": ope_ranking(agent.history),
         "history": agent.history,
     }
 

@@ -488,3 +488,27 @@ def test_policy_files_act_like_the_agent_offline_and_online(tmp_path):
     agent.save_policy(str(tmp_path / "online.pt"))
     loaded = UniO4.load(str(tmp_path / "online.pt"), device="cpu")
     assert loaded.stage == "online" and np.array_equal(loaded.act(obs), agent.act(obs))
+
+
+def test_ope_ranking_by_hand():
+    from offrl.algos.unio4 import average_ranks, ope_ranking, spearman
+
+    assert average_ranks([3.0, 1.0, 3.0, 2.0]).tolist() == [3.5, 1.0, 3.5, 2.0]
+    assert spearman([1, 2, 3], [10, 20, 30]) == pytest.approx(1.0)
+    assert spearman([1, 2, 3], [30, 20, 10]) == pytest.approx(-1.0)
+    assert spearman([1, 1, 1], [1, 2, 3]) is None
+    history = [{"improve_step": 0, "ope": [1.0, 2.0]},  # no real returns at step 0: left out
+               {"improve_step": 100, "ope": [1.0, 2.0, 3.0], "replaced": [True, False, True]},
+               {"improve_step": 100, "member_returns": [10.0, 30.0, 20.0]},
+               {"improve_step": 200, "ope": [5.0, 4.0, 6.0]},
+               {"improve_step": 200, "member_returns": [50.0, 40.0, 60.0]}]
+    out = ope_ranking(history)
+    assert out["policies"] == 6 and out["steps"] == [100, 200]
+    # within step 100: ranks (1,2,3) vs (1,3,2): ρ = 1 − 6·2/(3·8) = 0.5; step 200: ρ = 1
+    assert out["spearman_within_step"] == pytest.approx(0.75)
+    # pooled: ope (1,2,3,5,4,6) vs real (10,30,20,50,40,60): ranks differ in two swaps of neighbours
+    ro, rr = np.array([1, 2, 3, 5, 4, 6]), np.array([1, 3, 2, 5, 4, 6])
+    assert out["spearman"] == pytest.approx(1 - 6 * ((ro - rr) ** 2).sum() / (6 * 35))
+    # 15 pairs, all real returns differ; the OPE orders 14 of them as the returns do (only (m1, m2) at step 100 flips)
+    assert out["pairwise_accuracy"] == pytest.approx(14 / 15)
+    assert ope_ranking([])["policies"] == 0
