@@ -81,6 +81,8 @@ class Config(ppo.Config):
     """Gradient-norm clip of the behaviour update."""
     ros: bool = False
     """ROS variant: the behaviour surrogate becomes −mean log ρ (the KL term is still added)."""
+    behaviour_update: bool = True
+    """False: no behaviour update, φ = θ always: on-policy sampling into the same b-rollout buffer (the paper's "PPO with a buffer" baseline: PROPS's settings, PROPS's data reuse, no sampling correction)."""
     stale_theta: bool = True
     """The PROPS repo's quirk: when both updates fall on the same step, the behaviour update compares φ with the θ statistics from before the PPO update (φ itself starts from the updated θ). False: recompute them after the PPO update."""
 
@@ -261,7 +263,10 @@ class PROPS(PPO):
             metrics.update(super().learn(rollout, last_value))
             if not cfg.stale_theta:
                 mu, std, logp = self._theta_stats(obs, act)
-        metrics.update(self.behaviour_update(obs, act, mu, std, logp))
+        if cfg.behaviour_update:
+            metrics.update(self.behaviour_update(obs, act, mu, std, logp))
+        else:  # on-policy sampling: φ is θ
+            self.behavior.load_state_dict(self.actor.state_dict())
         return metrics
 
     def behaviour_update(self, obs, act, mu, std, logp) -> dict[str, torch.Tensor]:

@@ -179,6 +179,28 @@ def test_eps_zero_huge_lambda_keeps_phi_at_theta():
     assert m["props_kl_behaviour_target"].item() < 1e-6
 
 
+def test_without_the_behaviour_update_phi_is_theta_and_the_buffer_is_the_same():
+    """--no-behaviour-update: PPO over the same b-rollout buffer, sampled on-policy (φ = θ after
+    every learn call), no behaviour metrics; the PPO update itself is PROPS's."""
+    torch.manual_seed(0)
+    kw = dict(env="InvertedPendulum-v5", num_steps=64, props_steps=32, num_envs=1, num_minibatches=4,
+              props_num_minibatches=4, hidden=(8, 8), total_steps=256)
+    cfg = Config(**kw, behaviour_update=False)
+    agent = PROPS(cfg, 4, 1)
+    storage = RolloutStorage(32, 1, 4, 1)
+    col = Collector("InvertedPendulum-v5", 1, seed=0)
+    col.sinks.append(agent.rollout_sink(storage))
+    for _ in range(4):  # two PPO updates
+        _collect(agent, storage, col, 32)
+        m = agent.learn(storage, agent.state_value(col.obs))
+        storage.reset()
+        for p, q in zip(agent.behavior.parameters(), agent.actor.parameters()):
+            assert torch.equal(p, q)
+        assert not any(k.startswith("props_") for k in m) and "sampling_error" in m
+    col.close()
+    assert agent.buf_size == 128 and "policy_loss" in m
+
+
 # ------------------------------------------------------------------------------------ resume, script
 def test_sigterm_mid_run_resumes_exactly(tmp_path, monkeypatch):
     props.train(Config(run_dir=str(tmp_path / "full"), **TINY))
