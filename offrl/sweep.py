@@ -534,7 +534,7 @@ def main(argv: list[str]) -> int:
                    help="parallel runs (default: cores // threads; with --executor ray on a cluster: no cap)")
     p.add_argument("--executor", choices=("local", "ray"), default="local",
                    help="local worker processes (default), or one Ray task per run (pip install 'offrl[ray]')")
-    p.add_argument("--ray-address", default=None, metavar="ADDR",
+    p.add_argument("--ray-address", "--address", dest="ray_address", default=None, metavar="ADDR",
                    help="with --executor ray: the cluster to use (default: auto if RAY_ADDRESS is set, "
                         "else a Ray instance started here with workers × threads CPUs)")
     p.add_argument("--stack-seeds", action="store_true",
