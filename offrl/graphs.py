@@ -18,7 +18,8 @@ steps, one for the delayed actor step, chosen by its python counter). Randomness
 (TD3's target noise) comes from the default CUDA generator, which graphs replay safely. The
 metrics of a step are the graph's static outputs: the metric accumulator adds them before the next
 replay overwrites them. The graph holds no training state: a checkpoint is the agent's as usual,
-and a resumed run captures again.
+and a resumed run captures again, as does a run whose phase changes (offline → online: the agent's
+python-side choices, such as IQL's online learning rate, may differ).
 """
 
 from __future__ import annotations
@@ -84,8 +85,10 @@ class GraphedUpdate:
         self.static = None
         self.replays: dict[str, Callable[[], None]] = {}
         self.outputs: dict[str, Any] = {}
+        self.phase = None  # the agent's phase_kind when the graphs were captured
 
     def _capture(self, batch) -> None:
+        self.phase = getattr(self.agent, "phase_kind", None)
         self.static = batch.replace(**{k: v.clone() for k, v in batch.__dict__.items()})
         # in order: a later part may read an earlier part's static outputs (``outputs``) when it runs
         for name, fn in self.agent.graph_parts(self.static, self.outputs).items():
@@ -96,6 +99,9 @@ class GraphedUpdate:
         if self.steps <= self.warmup:
             with self.recorder.side_stream():
                 return self.agent.update(batch)
+        if self.static is not None and getattr(self.agent, "phase_kind", None) != self.phase:
+            # a new phase may change what the update does in python (IQL's online lr): capture again
+            self.static, self.replays, self.outputs = None, {}, {}
         if self.static is None:
             self._capture(batch)
         for k, v in batch.__dict__.items():

@@ -68,3 +68,20 @@ def test_graphs_are_refused_clearly():
         GraphedUpdate(_agent("iql"))
     with pytest.raises(OffrlError, match="alternatives"):
         registry.get("iql").config(compile=True, cuda_graph=True).validate()
+
+
+def test_a_new_phase_captures_again():
+    """IQL's learning rate is a python-side choice of the phase (cosine offline, constant online):
+    the graphs are captured again when the phase changes, so online replays use the online rate."""
+    eager, graphed = _agent("iql"), _agent("iql")
+    recorder = ReplayByCalling()
+    update = GraphedUpdate(graphed, warmup=1, recorder=recorder)
+    buf = _buffer()
+    for step in range(6):
+        if step == 3:
+            eager.begin_phase("online", 10)
+            graphed.begin_phase("online", 10)
+        idx = torch.randint(0, len(buf), (16,), generator=torch.Generator().manual_seed(step))
+        m_e, m_g = eager.update(buf.batch(idx)), update(buf.batch(idx))
+        assert torch.equal(m_e["actor_lr"], m_g["actor_lr"]), step
+    assert recorder.captured == 2 and m_g["actor_lr"].item() == pytest.approx(graphed.cfg.actor_lr)
