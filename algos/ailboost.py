@@ -271,7 +271,6 @@ class AILBoost(SAC):
         self.pad = 1 if cfg.absorbing else 0
         super().__init__(cfg, obs_dim + self.pad, act_dim, device=device)  # nets see the absorbing indicator
         self.obs_dim = int(obs_dim)  # act() takes env observations; raw_policy pads them
-        self.actor.log_std_min = cfg.log_std_min
         self.discriminator = Discriminator(obs_dim + self.pad + act_dim, tuple(cfg.disc_hidden)).to(self.device)
         self.optimizers["disc"] = self.adam(self.discriminator.parameters(), cfg.disc_lr)
         self.expert = None  # the expert ReplayBuffer (set by train; dac mode samples it in update)

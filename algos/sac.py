@@ -54,9 +54,15 @@ class Config(OnlineConfig):
     """Target entropy H̄ (default −|A|)."""
     hidden: tuple[int, ...] = (256, 256)
     """Hidden sizes of actor and critics."""
+    log_std_min: float = -20.0
+    """Lower bound of the actor's log-std (clamped)."""
+    log_std_max: float = 2.0
+    """Upper bound of the actor's log-std (clamped)."""
 
     def validate(self) -> None:
         super().validate()
+        check(self.log_std_min < self.log_std_max,
+              f"--log-std-min must be below --log-std-max, got {self.log_std_min} and {self.log_std_max}")
         check(0.0 <= self.discount <= 1.0, f"--discount must be in [0, 1], got {self.discount}")
         check(0.0 < self.tau <= 1.0, f"--tau must be in (0, 1], got {self.tau}")
         check(self.init_alpha > 0, f"--init-alpha must be positive, got {self.init_alpha}")
@@ -74,7 +80,8 @@ class SAC(Agent):
     def __init__(self, cfg: Config, obs_dim: int, act_dim: int, obs_mean=None, obs_std=None, device="cpu"):
         super().__init__(cfg, obs_dim, act_dim, obs_mean, obs_std, device)
         hidden = tuple(cfg.hidden)
-        self.actor = TanhGaussianActor(obs_dim, act_dim, hidden)
+        self.actor = TanhGaussianActor(obs_dim, act_dim, hidden, log_std_min=getattr(cfg, "log_std_min", -20.0),
+                                       log_std_max=getattr(cfg, "log_std_max", 2.0))
         self.critic = EnsembleCritic(obs_dim, act_dim, 2, hidden)
         self.critic_target = EnsembleCritic(obs_dim, act_dim, 2, hidden)
         self.critic_target.load_state_dict(self.critic.state_dict())
