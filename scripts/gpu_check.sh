@@ -40,4 +40,7 @@ done
 for algo in iql td3_bc; do
   timeout 120 python3 -m offrl.cli bench update --algo $algo --device cuda --steps 2000 --stack 5 2>>"$out/bench.err" | tee -a "$out/bench.jsonl"
 done
+# the whole PPO loop with the policy on the GPU (issue: env steps/s on a GPU), 1 and 8 env copies
+timeout 120 python3 -m offrl.cli bench loop --algo ppo --env Hopper-v5 --device cuda --steps 20480 2>>"$out/bench.err" | tee -a "$out/bench.jsonl"
+timeout 120 python3 -m offrl.cli bench loop --algo ppo --env Hopper-v5 --device cuda --steps 20480 -- --num-envs 8 --num-steps 256 2>>"$out/bench.err" | tee -a "$out/bench.jsonl"
 echo "done: $out"
