@@ -63,7 +63,6 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from offrl.agent import Agent
 from offrl.algos.sac import SAC
 from offrl.errors import check
 from offrl.nets import EnsembleCritic, TanhGaussianActor, lecun_init_, orthogonal_init_
@@ -228,24 +227,13 @@ class CQL(SAC):
     Config = Config
     online_continuation = True
 
-    def __init__(self, cfg: Config, obs_dim: int, act_dim: int, obs_mean=None, obs_std=None, device="cpu"):
-        # SAC's constructor builds SAC's networks and reads SAC's config; CQL builds its own
-        Agent.__init__(self, cfg, obs_dim, act_dim, obs_mean, obs_std, device)
-        self.actor = self.make_actor()
-        self.critic = self.make_critic()
-        self.critic_target = self.make_critic()
-        self.critic_target.load_state_dict(self.critic.state_dict())
-        self.critic_target.requires_grad_(False)
-        self.log_alpha = nn.Parameter(torch.zeros(()))
+    # SAC's constructor with CQL's networks (make_actor, make_critic below); log α starts at 0 (JaxCQL)
+    def make_extras(self) -> None:
         self.log_alpha_prime = nn.Parameter(torch.ones(()))  # JaxCQL: Scalar(1.0); used with --cql-lagrange
-        self.target_entropy = float(-act_dim if cfg.target_entropy is None else cfg.target_entropy)
-        self.to(self.device)
-        self.optimizers = {
-            "actor": self.adam(self.actor.parameters(), cfg.actor_lr),
-            "critic": self.adam(self.critic.parameters(), cfg.critic_lr),
-            "alpha": torch.optim.Adam([self.log_alpha], lr=cfg.alpha_lr),
-            "alpha_prime": torch.optim.Adam([self.log_alpha_prime], lr=cfg.critic_lr),
-        }
+
+    def make_optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        return {**super().make_optimizers(),
+                "alpha_prime": torch.optim.Adam([self.log_alpha_prime], lr=self.cfg.critic_lr)}
 
     # ------------------------------------------------------------------ networks
     def init_weights_(self, net: nn.Module) -> nn.Module:

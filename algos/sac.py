@@ -71,29 +71,45 @@ class Config(OnlineConfig):
 class SAC(Agent):
     """SAC agent: ``update(batch) -> metrics``, ``act(obs)`` (tanh of the mean), ``explore(obs)`` (a sample).
 
-    Named steps a method built on SAC overrides (AILBoost, residual SAC): :meth:`td_target`,
-    :meth:`critic_step`, :meth:`actor_loss`, :meth:`actor_step` (actor, then α), :meth:`update_targets`."""
+    Named steps a method built on SAC overrides (AILBoost, residual SAC, CQL): construction —
+    :meth:`make_actor`, :meth:`make_critic`, :meth:`make_extras`, :meth:`make_optimizers`; update —
+    :meth:`td_target`, :meth:`critic_step`, :meth:`actor_loss`, :meth:`actor_step` (actor, then α),
+    :meth:`update_targets`."""
 
     algo = "sac"
     Config = Config
 
     def __init__(self, cfg: Config, obs_dim: int, act_dim: int, obs_mean=None, obs_std=None, device="cpu"):
         super().__init__(cfg, obs_dim, act_dim, obs_mean, obs_std, device)
-        hidden = tuple(cfg.hidden)
-        self.actor = TanhGaussianActor(obs_dim, act_dim, hidden, log_std_min=getattr(cfg, "log_std_min", -20.0),
-                                       log_std_max=getattr(cfg, "log_std_max", 2.0))
-        self.critic = EnsembleCritic(obs_dim, act_dim, 2, hidden)
-        self.critic_target = EnsembleCritic(obs_dim, act_dim, 2, hidden)
+        # named construction steps, in this (RNG) order; a method built on SAC overrides its own (CQL)
+        self.actor = self.make_actor()
+        self.critic = self.make_critic()
+        self.critic_target = self.make_critic()
         self.critic_target.load_state_dict(self.critic.state_dict())
         self.critic_target.requires_grad_(False)
-        self.log_alpha = torch.nn.Parameter(torch.tensor(float(np.log(cfg.init_alpha))))
+        self.log_alpha = torch.nn.Parameter(torch.tensor(float(np.log(getattr(cfg, "init_alpha", 1.0)))))
         self.target_entropy = float(-act_dim if cfg.target_entropy is None else cfg.target_entropy)
+        self.make_extras()
         self.to(self.device)
-        self.optimizers = {
-            "actor": self.adam(self.actor.parameters(), cfg.actor_lr),
-            "critic": self.adam(self.critic.parameters(), cfg.critic_lr),
-            "alpha": torch.optim.Adam([self.log_alpha], lr=cfg.alpha_lr),
-        }
+        self.optimizers = self.make_optimizers()
+
+    def make_actor(self) -> torch.nn.Module:
+        cfg = self.cfg
+        return TanhGaussianActor(self.obs_dim, self.act_dim, tuple(cfg.hidden), log_std_min=cfg.log_std_min,
+                                 log_std_max=cfg.log_std_max)
+
+    def make_critic(self) -> torch.nn.Module:
+        """One Q ensemble (called for the critic, then for its target, which then copies it)."""
+        return EnsembleCritic(self.obs_dim, self.act_dim, 2, tuple(self.cfg.hidden))
+
+    def make_extras(self) -> None:
+        """Further parameters of a method built on SAC, made before the move to the device."""
+
+    def make_optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        cfg = self.cfg
+        return {"actor": self.adam(self.actor.parameters(), cfg.actor_lr),
+                "critic": self.adam(self.critic.parameters(), cfg.critic_lr),
+                "alpha": torch.optim.Adam([self.log_alpha], lr=cfg.alpha_lr)}
 
     def policy(self, obs: torch.Tensor, deterministic: bool = True) -> torch.Tensor:
         return self.actor.act(obs, deterministic)
