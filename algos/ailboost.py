@@ -280,6 +280,7 @@ class AILBoost(SAC):
         self.block_weights: np.ndarray | None = None
         self.rounds = 0
         self._eval_actor: list[TanhGaussianActor] = []  # not a registered sub-module
+        self._eval_loaded = None  # the learner state dict _eval_actor holds now
 
     # ------------------------------------------------------------------ acting
     def pad_obs(self, obs: torch.Tensor) -> torch.Tensor:
@@ -297,7 +298,9 @@ class AILBoost(SAC):
         if not self._eval_actor:
             self._eval_actor.append(copy.deepcopy(self.actor).eval())
         actor = self._eval_actor[0]
-        actor.load_state_dict(self.learners[k])
+        if self._eval_loaded is not self.learners[k]:  # once per episode, not per step (k is fixed per episode)
+            actor.load_state_dict(self.learners[k])
+            self._eval_loaded = self.learners[k]
         x = self.pad_obs(torch.as_tensor(np.asarray(obs, np.float32), device=self.device))
         return actor.act(self.normalize_obs(x), True).cpu().numpy()
 
@@ -309,6 +312,21 @@ class AILBoost(SAC):
     def reward(self, obs: torch.Tensor, act: torch.Tensor) -> torch.Tensor:
         """r = f(s, a) of the current discriminator (stored-coordinate observations)."""
         return self.discriminator(torch.cat([obs, act], -1)).squeeze(-1)
+
+    @torch.no_grad()
+    def divergence(self, obs: np.ndarray, act: np.ndarray) -> float:
+        """The divergence to the expert that the official code logs after each evaluation
+        (``compute_divergence``): the discriminator's loss, without the penalty, between every expert
+        row and the given env state-action pairs. rkl: mean exp(−f_E) + mean f_π; js (which the
+        official does not implement): mean softplus(−f_E) + mean softplus(f_π). NaN without data."""
+        if self.expert is None or len(self.expert) == 0 or len(obs) == 0:
+            return float("nan")
+        x = self.pad_obs(torch.as_tensor(np.asarray(obs, np.float32), device=self.device))
+        f_p = self.reward(self.normalize_obs(x), torch.as_tensor(np.asarray(act, np.float32), device=self.device))
+        f_e = self.reward(self.expert.column("obs"), self.expert.column("act"))
+        if self.cfg.divergence == "rkl":
+            return float(torch.exp(-f_e).mean() + f_p.mean())
+        return float(F.softplus(-f_e).mean() + F.softplus(f_p).mean())
 
     def disc_step(self, expert, policy) -> dict[str, torch.Tensor]:
         """One discriminator step on an expert batch and a policy batch (same size)."""
@@ -429,6 +447,36 @@ class BoostBuffers:
         self.disc.load_state_dict(disc)
 
 
+class StepRecorder:
+    """``on_step`` of an evaluation: keeps the (raw observation, action) pairs of running episodes."""
+
+    def __init__(self):
+        self.obs: list[np.ndarray] = []
+        self.act: list[np.ndarray] = []
+
+    def __call__(self, obs, act, alive) -> None:
+        self.obs.append(np.asarray(obs)[alive])
+        self.act.append(np.asarray(act)[alive])
+
+    def take(self) -> tuple[np.ndarray, np.ndarray]:
+        """The pairs recorded since the last call (and forget them)."""
+        obs, act = np.concatenate(self.obs or [np.zeros((0, 0))]), np.concatenate(self.act or [np.zeros((0, 0))])
+        self.obs, self.act = [], []
+        return obs, act
+
+
+class PlainDivergence:
+    """An Evaluator callback: ``divergence`` (:meth:`AILBoost.divergence`) of the plain evaluation's
+    episodes, recorded by the evaluator's ``on_step``."""
+
+    def __init__(self, evaluator):
+        self.recorder = StepRecorder()
+        evaluator.on_step = self.recorder
+
+    def __call__(self, agent: "AILBoost", step, scalars: dict) -> None:
+        scalars["divergence"] = agent.divergence(*self.recorder.take())
+
+
 class BoostedEval:
     """Boosted evaluation, called after every plain evaluation (an Evaluator callback): each of
     ``episodes`` episodes draws one learner by its probability and acts with its mean; episode i is
@@ -451,9 +499,11 @@ class BoostedEval:
             return
         p = agent.boosted_probabilities()
         picks = self.rng.choice(len(p), size=self.episodes, p=p)
+        record = StepRecorder()
         returns = [evaluate(lambda o, k=int(k): agent.learner_act(k, o), self.env_id, 1, self.seed + i,
-                            self.ref_min, self.ref_max)["return_mean"] for i, k in enumerate(picks)]
+                            self.ref_min, self.ref_max, on_step=record)["return_mean"] for i, k in enumerate(picks)]
         res = {"boosted_return_mean": float(np.mean(returns)), "boosted_return_std": float(np.std(returns)),
+               "boosted_divergence": agent.divergence(*record.take()),
                "boosted_normalized_score": float(np.mean(normalized_score(returns, self.ref_min, self.ref_max))),
                "learners": float(len(p)), "newest_learner_probability": float(p[-1])}
         scalars.update(res)
@@ -529,8 +579,9 @@ class BoostingPhase(EnvPhase):
         half = cfg.batch_size // 2
         metrics = [agent.disc_step(self.expert.sample(half), disc.sample(half)) for _ in range(cfg.disc_iters)]
         row = {k: torch.stack([m[k] for m in metrics]).mean() for k in metrics[0]}
-        row["newest_weight"] = torch.tensor(1.0 if agent.block_weights is None else float(agent.block_weights[block]))
-        row["learners"] = torch.tensor(float(len(agent.learners)))
+        row["newest_weight"] = torch.tensor(1.0 if agent.block_weights is None else float(agent.block_weights[block]),
+                                            device=agent.device)
+        row["learners"] = torch.tensor(float(len(agent.learners)), device=agent.device)
         run.acc.add(row)
         if self.buffers.shared:  # load_buffer: the SAC buffer = the discriminator's rows, then new training steps
             self.buffers.policy.size, self.buffers.policy.ptr = disc.size, disc.ptr
@@ -604,6 +655,7 @@ def train(cfg: Config) -> dict:
               desc=f"{agent.algo} {cfg.env}",
               checkpoint_extra={"env": {"env_id": cfg.env, "ref_min_score": ref_min, "ref_max_score": ref_max}},
               summary_extra={"algo": agent.algo, "dataset": None, "env": cfg.env})
+    run.evaluator.callbacks.insert(0, PlainDivergence(run.evaluator))  # eval/divergence, both modes
     if cfg.disc_mode == "boost":
         run.evaluator.callbacks.append(boosted)
     run.summary_updates.append(lambda: {"expert": expert_info, "boosted": boosted.last or None})

@@ -38,7 +38,7 @@ Update per env step (4 critic updates, the actor on the 4th; each critic update 
 
 Batches: 128 demo rows + 128 online rows (two buffers, :class:`~offrl.buffer.MixedSampler`). Demo
 rows store the demo action itself as the executed action a, with a_b = π_b(s) alongside (a column,
-``base_act``); online rows store the executed a_b + Δa and a_b. Schedule: --learning-starts env steps
+``base_act``); online rows store a_b + Δa before the clamp to ±1, and a_b. Schedule: --learning-starts env steps
 with a = a_b + U(−0.2, 0.2), then --critic-warmup-steps critic-only updates, then the loop above.
 
 ``--no-residual`` is the RLPD-style baseline: SAC from scratch (a_b = 0, the actor sees s only,
@@ -136,6 +136,8 @@ class Config(SACConfig):
     """sac: subtract α log π(Δa'|s') in the TD target (SAC's soft backup)."""
     layer_norm: bool = True
     """LayerNorm in the hidden layers of the actor and critics (official)."""
+    critic_init: Literal["default", "orthogonal"] = "default"
+    """Critic weights. default: PyTorch's nn.Linear init, which is what the official heads get (its per-head orthogonal init is applied to stacked tensors, not to Linear modules, so it does nothing: a quirk, followed); orthogonal: gain 1, zero biases (what the official code meant)."""
     buffer_size: int = 200_000
     """Online replay buffer capacity (official 200k)."""
     total_steps: int = 300_000
@@ -239,13 +241,16 @@ class ResidualSAC(SAC):
             self.actor = ResidualActor(in_dim, A, hidden, self.scale, cfg.layer_norm)
             last = self.actor.net.net[-1]
         else:
-            self.actor = TanhGaussianActor(in_dim, A, hidden, layer_norm=cfg.layer_norm)
+            self.actor = TanhGaussianActor(in_dim, A, hidden, layer_norm=cfg.layer_norm,
+                                           log_std_min=cfg.log_std_min, log_std_max=cfg.log_std_max)
             last = self.actor.head
-        orthogonal_init_(self.actor)
+        orthogonal_init_(self.actor, gain=1.0)  # official: orthogonal gain 1 on the intermediate layers
         if cfg.residual:  # official actor_last_layer_init_scale 0: the residual starts at exactly 0
             nn.init.zeros_(last.weight)
             nn.init.zeros_(last.bias)
-        self.critic = orthogonal_init_(EnsembleCritic(obs_dim, A, cfg.num_critics, hidden, layer_norm=cfg.layer_norm))
+        self.critic = EnsembleCritic(obs_dim, A, cfg.num_critics, hidden, layer_norm=cfg.layer_norm)
+        if cfg.critic_init == "orthogonal":
+            orthogonal_init_(self.critic, gain=1.0)
         self.critic_target = EnsembleCritic(obs_dim, A, cfg.num_critics, hidden, layer_norm=cfg.layer_norm)
         self.critic_target.load_state_dict(self.critic.state_dict())
         self.critic_target.requires_grad_(False)

@@ -74,7 +74,7 @@ ONLINE = {
     ("hopper", "medium-expert"): (5, 6e-6, "number"),
     ("walker2d", "medium"): (30, 1e-5, "none"),  # sweeps K 20/30, lr 1e-5/3e-5
     ("walker2d", "medium-replay"): (30, 1e-5, "none"),  # sweeps K 20/30, lr 1e-5/3e-5
-    ("walker2d", "medium-expert"): (30, 1e-5, "none"),
+    ("walker2d", "medium-expert"): (30, 1e-5, "none"),  # sweeps K 20/30, lr 1e-5/3e-5
 }
 ONLINE_DEFAULT = (30, 2e-5, "none")  # ppo_finetune/main.py's argparse defaults
 
@@ -104,8 +104,8 @@ class Config(OfflineConfig):
     state_norm: Literal["auto", "on", "off"] = "auto"
     """Normalize states by the dataset mean and std + 1e-10 (auto: on except halfcheetah-medium-replay, as the scripts' --is_state_norm)."""
     # ---------------------------------------------------------------- critic
-    critic: Literal["iql", "mc-sarsa"] = "iql"
-    """iql: double Q + expectile V (the scripts' --is_iql); mc-sarsa: Monte-Carlo V + SARSA Q with ω-weighted advantages."""
+    critic: Literal["auto", "iql", "mc-sarsa"] = "auto"
+    """iql: double Q + expectile V (the scripts' --is_iql); mc-sarsa: Monte-Carlo V + SARSA Q with ω-weighted advantages (auto: mc-sarsa for halfcheetah-medium-expert, whose script halfme.sh has no --is_iql; iql elsewhere)."""
     critic_steps: int | None = None
     """Critic gradient steps (official v_steps 2e6; walker2d-medium-replay 5e5)."""
     q_hidden: tuple[int, ...] = (1024, 1024)
@@ -147,7 +147,7 @@ class Config(OfflineConfig):
     bc_hidden: tuple[int, ...] = (256, 256, 256)
     """Hidden sizes of every member (bc_hidden_dim 256 or 512 in the scripts, depth 3)."""
     pi_activation: Literal["auto", "relu", "tanh"] = "auto"
-    """Hidden activation of the policies (auto: tanh for halfcheetah, as --pi_activation_f tanh, else relu)."""
+    """Hidden activation of the policies (auto: tanh for halfcheetah except medium-expert, as halfm.sh and halfmr.sh pass --pi_activation_f tanh and halfme.sh does not; else relu)."""
     bc_lr: float = 1e-4
     """BC learning rate."""
     alpha_bc: float = 0.1
@@ -215,8 +215,10 @@ class Config(OfflineConfig):
             self.critic_steps = 500_000 if (env, level) == ("walker2d", "medium-replay") else 2_000_000
         if self.state_norm == "auto":
             self.state_norm = "off" if (env, level) == ("halfcheetah", "medium-replay") else "on"
+        if self.critic == "auto":
+            self.critic = "mc-sarsa" if (env, level) == ("halfcheetah", "medium-expert") else "iql"
         if self.pi_activation == "auto":
-            self.pi_activation = "tanh" if env == "halfcheetah" else "relu"
+            self.pi_activation = "tanh" if env == "halfcheetah" and level != "medium-expert" else "relu"
         epochs, lr, scale = ONLINE.get((env, level), ONLINE_DEFAULT)
         self.online_epochs = epochs if self.online_epochs is None else self.online_epochs
         self.online_actor_lr = lr if self.online_actor_lr is None else self.online_actor_lr
@@ -568,8 +570,10 @@ class UniO4(Agent):
         return self.update
 
     def set_env(self, env_id: str | None, seed: int, ref_min=None, ref_max=None) -> None:
-        """The evaluation env of the member evaluations and the OPE's termination function."""
-        self.term_fn = termination_fn(env_id)
+        """The evaluation env of the member evaluations and the OPE's termination function (without an env,
+        the dataset's family decides it, with Gymnasium v5's healthy ranges)."""
+        family = {"hopper": "Hopper-v5", "walker2d": "Walker2d-v5"}.get(task_of(self.cfg.dataset or "")[0])
+        self.term_fn = termination_fn(env_id or family)
         self.eval_env = None if env_id is None else {"env_id": env_id, "seed": seed, "ref_min": ref_min, "ref_max": ref_max}
 
     def update(self, batch) -> dict[str, torch.Tensor]:

@@ -59,6 +59,7 @@ def evaluate(
     max_episode_steps: int | None = None,
     video_path: str | None = None,
     batched: bool | None = None,
+    on_step: Callable[[np.ndarray, np.ndarray, np.ndarray], None] | None = None,
 ) -> dict[str, float | list]:
     """Run ``episodes`` episodes and return mean/std of returns and normalized scores.
 
@@ -69,6 +70,9 @@ def evaluate(
     envs with ``BatchedLocomotion`` (default: whenever ``env_id`` is one of them); False forces
     Gymnasium's vector env. ``num_envs`` (default 10 with Gymnasium, all episodes up to 64 with
     the batched stepper) is the wave width; it does not change a deterministic policy's results.
+    ``on_step(obs, action, alive)``, when given, sees every vector step before it is taken: the raw
+    observations ``[n, obs_dim]``, the clipped actions and the mask of copies whose episode is running
+    (e.g. to record the visited state-action pairs).
     """
     from offrl.envs import make_vec_env
     from offrl.envs.batched import SUPPORTED
@@ -79,10 +83,11 @@ def evaluate(
     if batched is None:
         batched = env_id in SUPPORTED
     if batched:
-        returns, lengths, success = _run_batched(policy, env_id, episodes, seed, min(episodes, num_envs or 64), kwargs)
+        returns, lengths, success = _run_batched(policy, env_id, episodes, seed, min(episodes, num_envs or 64), kwargs,
+                                                 on_step)
     else:
         returns, lengths, success = _run_gymnasium(policy, make_vec_env(env_id, min(episodes, num_envs or 10), **kwargs),
-                                                   episodes, seed)
+                                                   episodes, seed, on_step)
     if video_path is not None:
         record_video(policy, env_id, video_path, seed=seed, **kwargs)
     scores = normalized_score(returns, ref_min_score, ref_max_score)
@@ -114,7 +119,7 @@ def _success_flags(info: dict, n: int) -> np.ndarray | None:
     return None
 
 
-def _wave(policy, obs, step, alive, action_space, infos: bool = True):
+def _wave(policy, obs, step, alive, action_space, infos: bool = True, on_step=None):
     """Step until every ``alive`` copy's episode ended; (returns, lengths, successes or None) per
     copy (0 where not alive). ``infos``: the step's fifth value is Gymnasium's info dict."""
     low, high = action_space.low, action_space.high
@@ -122,8 +127,10 @@ def _wave(policy, obs, step, alive, action_space, infos: bool = True):
     length = np.zeros(len(alive), dtype=np.int64)
     success = None
     while alive.any():
-        action = np.asarray(policy(obs), dtype=np.float32).reshape(len(alive), -1)
-        obs, rew, term, trunc, info = step(np.clip(action, low, high))
+        action = np.clip(np.asarray(policy(obs), dtype=np.float32).reshape(len(alive), -1), low, high)
+        if on_step is not None:
+            on_step(obs, action, alive.copy())
+        obs, rew, term, trunc, info = step(action)
         ret += np.where(alive, rew, 0.0)
         length += alive
         flags = _success_flags(info, len(alive)) if infos else None
@@ -133,7 +140,7 @@ def _wave(policy, obs, step, alive, action_space, infos: bool = True):
     return ret, length, success
 
 
-def _run_batched(policy, env_id: str, episodes: int, seed: int, width: int, kwargs: dict):
+def _run_batched(policy, env_id: str, episodes: int, seed: int, width: int, kwargs: dict, on_step=None):
     """Waves of ``BatchedLocomotion`` copies; copy i of the wave starting at episode ``start`` is
     seeded with ``seed + start + i`` (its first reset is Gymnasium's ``reset(seed=seed + start + i)``)."""
     from offrl.envs.batched import BatchedLocomotion
@@ -143,13 +150,14 @@ def _run_batched(policy, env_id: str, episodes: int, seed: int, width: int, kwar
     for start in range(0, episodes, width):
         n = min(width, episodes - start)
         with BatchedLocomotion(env_id, n, seed=seed + start, **kwargs) as venv:
-            ret, length, _ = _wave(policy, venv.obs, venv.step, np.ones(n, dtype=bool), venv.action_space, infos=False)
+            ret, length, _ = _wave(policy, venv.obs, venv.step, np.ones(n, dtype=bool), venv.action_space, infos=False,
+                                   on_step=on_step)
         returns[start : start + n] = ret
         lengths[start : start + n] = length
     return returns, lengths, None
 
 
-def _run_gymnasium(policy, venv, episodes: int, seed: int):
+def _run_gymnasium(policy, venv, episodes: int, seed: int, on_step=None):
     """Waves of a Gymnasium vector env; a short last wave pads with copies seeded past the episodes."""
     width = venv.num_envs
     returns = np.zeros(episodes)
@@ -160,7 +168,8 @@ def _run_gymnasium(policy, venv, episodes: int, seed: int):
             n = min(width, episodes - start)
             seeds = [seed + start + i for i in range(n)] + [seed + episodes + i for i in range(width - n)]
             obs, _ = venv.reset(seed=seeds)
-            ret, length, succ = _wave(policy, obs, venv.step, np.arange(width) < n, venv.single_action_space)
+            ret, length, succ = _wave(policy, obs, venv.step, np.arange(width) < n, venv.single_action_space,
+                                      on_step=on_step)
             returns[start : start + n] = ret[:n]
             lengths[start : start + n] = length[:n]
             if succ is not None:
@@ -224,6 +233,8 @@ class Evaluator:
         """Why there is no evaluation (printed at the start of a run), or None."""
         self.callbacks: list = []
         """``fn(agent, step, scalars)`` called after every evaluation (e.g. policy snapshots)."""
+        self.on_step = None
+        """``on_step(obs, action, alive)`` passed to :func:`evaluate` (None: nothing is recorded)."""
         self.history: list[dict] = []
         """Every evaluation of the run: ``{"step", "return_mean", "normalized_score"}`` (checkpointed;
         the per-phase means and the regret of the summary are computed from it)."""
@@ -241,7 +252,7 @@ class Evaluator:
         ``step``; returns the scalar results."""
         act = agent.act if hasattr(agent, "act") else agent
         res = evaluate(lambda o: act(o, deterministic=self.deterministic), self.env_id, self.episodes, self.seed,
-                       self.ref_min_score, self.ref_max_score, **self.kwargs)
+                       self.ref_min_score, self.ref_max_score, on_step=self.on_step, **self.kwargs)
         scalars = {k: v for k, v in res.items() if not isinstance(v, list)}
         if self.best_return is None or scalars["return_mean"] > self.best_return:
             self.best_return = scalars["return_mean"]

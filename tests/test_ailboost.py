@@ -221,6 +221,30 @@ def test_rewards_come_from_the_current_discriminator_at_sample_time():
     assert abs(dac_cur.update(b)["reward"].item()) < 1.0
 
 
+def test_divergence_to_the_expert_by_hand():
+    """The official ``compute_divergence``: the discriminator loss between all expert rows and the
+    evaluation's (s, a) pairs, here with a linear f(x) = x·w so the values follow by hand."""
+
+    class Linear(torch.nn.Module):
+        def forward(self, x):
+            return x @ torch.tensor([[0.5], [-1.0], [0.25], [2.0], [1.0]])  # s (3), indicator, a
+
+    for divergence in ("rkl", "js"):
+        agent = _agent(divergence=divergence)
+        agent.discriminator = Linear()
+        assert np.isnan(agent.divergence(np.zeros((2, 3)), np.zeros((2, 1))))  # no expert yet
+        agent.expert = ReplayBuffer(4, 1, 8)
+        e_obs = torch.tensor([[1.0, 0.0, 2.0, 0.0], [0.0, 1.0, 0.0, 1.0]])  # the second row is absorbing
+        e_act = torch.tensor([[0.5], [0.0]])
+        agent.expert.add(e_obs, e_act, torch.zeros(2), e_obs, torch.zeros(2))
+        obs, act = np.array([[2.0, 1.0, -4.0], [0.0, 0.0, 0.0], [1.0, 1.0, 1.0]]), np.array([[1.0], [-1.0], [0.5]])
+        f_e = np.array([0.5 + 0.5 + 0.5, -1.0 + 2.0 + 0.0])  # [1.5, 1.0]
+        f_p = np.array([1.0 - 1.0 - 1.0 + 1.0, -1.0, 0.5 - 1.0 + 0.25 + 0.5])  # padded with indicator 0
+        softplus = lambda x: np.log1p(np.exp(x))  # noqa: E731
+        want = np.exp(-f_e).mean() + f_p.mean() if divergence == "rkl" else softplus(-f_e).mean() + softplus(f_p).mean()
+        assert agent.divergence(obs, act) == pytest.approx(want, rel=1e-6)
+
+
 # ------------------------------------------------------------------------------------ absorbing states
 def test_absorbing_rows_at_terminations():
     obs = np.array([[1.0, 2.0], [3.0, 4.0], [5.0, 6.0]])
@@ -295,6 +319,7 @@ def test_a_run_keeps_blocks_weights_learners_and_absorbing_rows(expert, tmp_path
     last = [r for r in rows if "eval/return_mean" in r][-1]
     newest = want[(rounds - 1) % 4] if alt else want.max()  # block: its own weight (η); official: the largest
     assert last["eval/learners"] == 4 and last["eval/newest_learner_probability"] == pytest.approx(newest)
+    assert np.isfinite(last["eval/divergence"]) and np.isfinite(last["eval/boosted_divergence"])
     assert s["boosted"]["learners"] == 4 and s["expert"]["episodes"] == 1 and s["expert"]["rows"] == 1000
 
 

@@ -81,6 +81,28 @@ def test_evaluate_episodes_not_multiple_of_num_envs():
         assert len(res["lengths"]) == 5
 
 
+@pytest.mark.parametrize("batched", [False, True])
+def test_on_step_sees_exactly_the_steps_of_running_episodes(batched):
+    """``on_step`` records one (obs, clipped action) pair per counted step: the padding copies of a
+    short last wave and the copies whose episode has ended are masked out."""
+    seen_obs, seen_act = [], []
+
+    def on_step(obs, act, alive):
+        assert obs.shape[0] == act.shape[0] == alive.shape[0]
+        seen_obs.append(obs[alive])
+        seen_act.append(act[alive])
+
+    # commands partly beyond the ±1 box of offrl's envs: recorded clipped
+    env_id, policy = ("Hopper-v5", lambda obs: 1.5 * np.tanh(3.0 * obs[:, 5:8])) if batched else \
+        (ENV_ID, lambda obs: 5.0 * linear(WEAK)(obs))
+    res = evaluate(policy, env_id, episodes=5, seed=2, num_envs=3, batched=batched, on_step=on_step)
+    obs, act = np.concatenate(seen_obs), np.concatenate(seen_act)
+    assert len(obs) == len(act) == sum(res["lengths"])
+    np.testing.assert_allclose(act, np.clip(policy(obs), -1.0, 1.0), rtol=1e-6)
+    assert np.abs(act).max() == 1.0 and (np.abs(act) < 1.0).any()
+    assert res["returns"] == evaluate(policy, env_id, episodes=5, seed=2, num_envs=3, batched=batched)["returns"]
+
+
 @pytest.mark.parametrize("episodes", [0, -3])
 def test_evaluate_rejects_non_positive_episodes(episodes):
     with pytest.raises(OffrlError, match="episodes must be positive"):

@@ -121,6 +121,15 @@ def test_presets_follow_the_task_scripts():
     c = Config(dataset="offrl/hopper/medium-v0", online_epochs=3)
     c.resolve(None)
     assert (c.online_epochs, c.online_actor_lr, c.reward_scale) == (3, 2e-5, "number")
+    # halfm.sh: --is_iql, tanh; halfme.sh: neither (the MC-V + SARSA critic, ReLU); hm.sh: --is_iql, ReLU
+    for dataset, want in [("offrl/halfcheetah/medium-v0", ("iql", "tanh")), ("offrl/halfcheetah/medium-expert-v0", ("mc-sarsa", "relu")),
+                          ("offrl/hopper/medium-v0", ("iql", "relu"))]:
+        c = Config(dataset=dataset)
+        c.resolve(None)
+        assert (c.critic, c.pi_activation) == want, dataset
+    c = Config(dataset="offrl/halfcheetah/medium-expert-v0", critic="iql", pi_activation="tanh")
+    c.resolve(None)
+    assert (c.critic, c.pi_activation) == ("iql", "tanh")  # set on the command line: kept
 
 
 # ------------------------------------------------------------------------------------ losses
