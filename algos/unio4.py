@@ -699,15 +699,24 @@ class UniO4(Agent):
         return out
 
     @torch.no_grad()
-    def ope(self) -> torch.Tensor:
+    def ope(self, masked: bool | None = None) -> torch.Tensor:
         """Mean min-Q along H-step model rollouts of each member's (clipped) mean action, from
         ``ope_states`` dataset states per member; a terminated rollout is dropped (its rows leave
-        the batch, as the official code) → [N]."""
+        the batch, as the official code) → [N].
+
+        ``masked`` (default on a GPU): the rows keep a fixed [N, B] layout and terminated ones are
+        masked out instead of removed (no host sync per model step; all-dead is checked every 25
+        steps). It draws more random numbers than the compacting loop once a rollout has ended, so
+        the two agree exactly only while no rollout terminates."""
         cfg, buf, n = self.cfg, self.buffer, self.cfg.num_members
         if buf is None:
             raise OffrlError("unio4: OPE needs the dataset (setup_data was not called)")
+        if masked is None:
+            masked = self.device.type == "cuda"
         idx = torch.randint(0, buf.size, (n, cfg.ope_states), generator=self.generator, device=self.generator.device)
         obs = buf.observations[idx.to(self.device).reshape(-1)]  # raw states, member-major: the model works on raw states
+        if masked:
+            return self._ope_masked(obs)
         member = torch.arange(n, device=self.device).repeat_interleave(cfg.ope_states)
         counts = [cfg.ope_states] * n
         total = torch.zeros(n, device=self.device)
@@ -724,6 +733,24 @@ class UniO4(Agent):
             if not sum(counts):
                 break
         return total / torch.tensor(visited, dtype=total.dtype, device=self.device)
+
+    def _ope_masked(self, obs: torch.Tensor) -> torch.Tensor:
+        """:meth:`ope` on a fixed layout: obs [N·B, ·] member-major, an alive mask instead of compaction."""
+        cfg, n = self.cfg, self.cfg.num_members
+        alive = torch.ones(n, cfg.ope_states, dtype=torch.bool, device=self.device)
+        total = torch.zeros(n, device=self.device)
+        visited = torch.zeros(n, device=self.device)
+        for t in range(cfg.ope_horizon):
+            s = self.normalize_obs(obs)
+            act = self.pi(s.reshape(n, cfg.ope_states, -1))[0].clamp(-1.0, 1.0).reshape(obs.shape[0], -1)
+            q = self.min_q(s, act).reshape(n, -1)
+            total += torch.where(alive, q, torch.zeros_like(q)).sum(1)
+            visited += alive.sum(1)
+            obs, _ = self.dynamics.step(obs, act, self.generator, grouped=False)
+            alive &= ~self.term_fn(obs).reshape(n, -1)
+            if t % 25 == 24 and not bool(alive.any()):
+                break
+        return total / visited
 
     def evaluate_members(self) -> dict[str, torch.Tensor]:
         """Every member's deterministic return in the real env (their mean actions); None without an env."""

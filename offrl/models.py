@@ -113,19 +113,31 @@ class EnsembleDynamics(nn.Module):
         return mean, soft_clamp(logvar, self.min_logvar, self.max_logvar)
 
     @torch.no_grad()
-    def step(self, obs: torch.Tensor, act: torch.Tensor, generator: torch.Generator | None = None
-             ) -> tuple[torch.Tensor, torch.Tensor]:
+    def step(self, obs: torch.Tensor, act: torch.Tensor, generator: torch.Generator | None = None,
+             grouped: bool | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """One imagined step: ``(next_obs [B, obs_dim], reward [B])``. Each row draws one elite
-        uniformly and samples ``[s' − s, r] ~ N(μ, σ²)`` from it (only the drawn member is evaluated:
-        the rows are grouped by elite, one forward per elite)."""
+        uniformly and samples ``[s' − s, r] ~ N(μ, σ²)`` from it.
+
+        ``grouped`` (default on a CPU): only the drawn member is evaluated, the rows grouped by elite,
+        one forward per elite (fewer FLOPs; the group sizes are read back to the host). Otherwise
+        (default on a GPU) every elite runs on every row in one batched forward and each row takes
+        its own elite's output: no host sync. Both use the same random numbers the same way (the
+        noise is applied in elite-sorted row order), so they agree up to float rounding."""
         n, dev = obs.shape[0], obs.device
+        if grouped is None:
+            grouped = dev.type != "cuda"
         pick = torch.randint(0, self.num_elites, (n,), generator=generator, device=dev)
         order = torch.argsort(pick, stable=True)
-        counts = torch.bincount(pick, minlength=self.num_elites).tolist()
-        x = self.scale(obs, act)[order]
-        outs = [self.member_forward(e, chunk) for e, chunk in zip(self.elites.tolist(), x.split(counts))]
-        mean = torch.cat([m for m, _ in outs])
-        std = (0.5 * torch.cat([lv for _, lv in outs])).exp()
+        x = self.scale(obs, act)
+        if grouped:
+            counts = torch.bincount(pick, minlength=self.num_elites).tolist()
+            outs = [self.member_forward(e, chunk) for e, chunk in zip(self.elites.tolist(), x[order].split(counts))]
+            mean = torch.cat([m for m, _ in outs])
+            std = (0.5 * torch.cat([lv for _, lv in outs])).exp()
+        else:
+            mean_all, logvar_all = self(x)  # [E, n, ·] for every member
+            member = self.elites[pick[order]]
+            mean, std = mean_all[member, order], (0.5 * logvar_all[member, order]).exp()
         noise = torch.randn(mean.shape, generator=generator, device=dev, dtype=mean.dtype)
         sample = torch.empty_like(mean)
         sample[order] = mean + noise * std

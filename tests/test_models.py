@@ -222,3 +222,6 @@ def test_step_samples_each_row_from_one_elite_with_the_members_own_noise():
     member = m.elites[pick]
     assert torch.allclose(z[member, torch.arange(50)], noise, atol=1e-4)
     assert set(member.tolist()) == {1, 3}
+    # the ungrouped layout (every elite on every row, the GPU default) uses the same numbers the same way
+    full = m.step(obs, act, torch.Generator().manual_seed(5), grouped=False)
+    assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(full, (next_obs, rew)))

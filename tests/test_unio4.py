@@ -348,6 +348,34 @@ def test_ope_scores_mean_q_along_model_rollouts_until_termination():
     assert torch.allclose(scores, expected, atol=1e-5)
 
 
+
+def test_masked_ope_equals_the_compacting_one():
+    """The fixed-layout OPE (the GPU default) against the compacting loop: identical without
+    terminations; with terminations, identical when the model is deterministic (every elite the
+    same, σ ≈ 0), since the two loops then draw different amounts of noise that does not matter."""
+    from offrl.buffer import ReplayBuffer
+
+    agent = _agent(ope_states=6, ope_horizon=5)
+    buf = ReplayBuffer(4, 2, 30)
+    buf.add(np.random.default_rng(1).normal(size=(30, 4)), np.zeros((30, 2)), np.zeros(30), np.zeros((30, 4)), np.zeros(30))
+    agent.setup_data(buf)
+    state = agent.generator.get_state()
+    compact = agent.ope(masked=False)
+    agent.generator.set_state(state)
+    assert torch.allclose(agent.ope(masked=True), compact, atol=1e-5)
+    with torch.no_grad():  # deterministic model: elite 0's weights everywhere, log-variance at its floor
+        for layer in agent.dynamics.layers:
+            layer.weight.copy_(layer.weight[:1].expand_as(layer.weight))
+            layer.bias.copy_(layer.bias[:1].expand_as(layer.bias))
+        agent.dynamics.max_logvar.fill_(-30.0)
+        agent.dynamics.min_logvar.fill_(-40.0)
+    agent.term_fn = lambda o: o[:, 0] > 0.3  # rollouts end at different steps
+    agent.generator.set_state(state)
+    compact = agent.ope(masked=False)
+    agent.generator.set_state(state)
+    assert torch.allclose(agent.ope(masked=True), compact, atol=1e-5)
+
+
 def test_select_member_top3_by_ope_then_best_real_return():
     agent = _agent(num_members=4)
     agent.ope_last.copy_(torch.tensor([5.0, 1.0, 4.0, 3.0]))
