@@ -242,3 +242,23 @@ def test_cuda_graph_steps_match_eager_steps(name):
             assert torch.allclose(m_e[k].float(), m_g[k].float(), rtol=1e-4, atol=1e-5), (step, k)
     for k, v in eager.state_dict().items():
         assert torch.allclose(v.float(), graphed.state_dict()[k].float(), rtol=1e-4, atol=1e-5), k
+
+
+def test_unio4_ope_on_the_device_both_layouts_agree():
+    """Uni-O4's OPE on the device: the default layout there (masked on CUDA, compacting on a CPU) and
+    the other one give the same scores from the same generator state (no terminations: Hopper-like
+    bounds are off), and the scores are finite."""
+    from offrl.algos.unio4 import Config, UniO4
+
+    cfg = Config(dataset="offrl/invertedpendulum/scripted-v0", num_members=3, bc_hidden=(16, 16), q_hidden=(16, 16),
+                 v_hidden=(16, 16), model_members=3, model_elites=2, model_hidden=(16, 16), ope_states=8, ope_horizon=6,
+                 device=DEVICE)
+    torch.manual_seed(0)
+    agent = UniO4(cfg, OBS, ACT, device=torch.device(DEVICE))
+    agent.setup_data(_buffer(DEVICE, rows=64))
+    state = agent.generator.get_state()
+    default = agent.ope()
+    agent.generator.set_state(state)
+    other = agent.ope(masked=not DEVICE.startswith("cuda"))
+    assert default.device.type == torch.device(DEVICE).type and torch.isfinite(default).all()
+    assert torch.allclose(default, other, atol=1e-4)
