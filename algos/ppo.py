@@ -30,7 +30,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass
-from typing import Literal
+from typing import ClassVar, Literal
 
 import numpy as np
 import torch
@@ -45,7 +45,7 @@ from offrl.preprocess import fill_unset, preset_for
 from offrl.registry import Algorithm, register
 
 PRESETS = ("cleanrl", "props-baseline")
-CLEANRL = dict(num_steps=2048, lr=3e-4, ent_coef=0.0, kl_stop="epoch")  # target_kl stays None (off)
+CLEANRL = dict(num_steps=2048, lr=3e-4, ent_coef=0.0, kl_stop="epoch", mean_tanh=False)  # target_kl stays None (off)
 PROPS_PPO = {  # env token -> (num_steps, lr) of the on-policy PPO result directories of NicholasCorrado/PPOROS
     "swimmer": (4096, 1e-3), "hopper": (2048, 1e-3), "halfcheetah": (1024, 1e-4),
     "walker2d": (4096, 1e-3), "ant": (1024, 1e-4), "humanoid": (8192, 1e-4),
@@ -56,6 +56,8 @@ PROPS_DEFAULT = (2048, 1e-4)  # the PROPS script's own defaults (n, lr) for othe
 @dataclass
 class Config(RunConfig):
     """PPO as CleanRL's ppo_continuous_action.py (--preset props-baseline: the PROPS repo's PPO). Fields left unset (None) take the preset's value."""
+
+    legacy_defaults: ClassVar[dict] = {"mean_tanh": False}  # checkpoints from before --mean-tanh: no output tanh
 
     env: str = "Hopper-v5"
     """Gymnasium env id (actions are rescaled to [-1, 1])."""
@@ -101,6 +103,8 @@ class Config(RunConfig):
     """Bootstrap time-limit truncations with V(true final obs) (CleanRL: no, done = terminated | truncated)."""
     hidden: tuple[int, ...] = (64, 64)
     """Hidden sizes of the actor-mean and critic MLPs (tanh)."""
+    mean_tanh: bool | None = None
+    """A tanh on the actor mean's output, μ(s) ∈ (−1, 1) (preset: off, as CleanRL; props-baseline: on, as the PROPS repo's Agent.actor_mean, which ends in nn.Tanh())."""
     normalize_obs: bool = True
     """Normalize observations by running mean/var, then clip (CleanRL's NormalizeObservation)."""
     normalize_reward: bool = True
@@ -123,7 +127,7 @@ class Config(RunConfig):
         check(self.preset in PRESETS, f"--preset must be one of {', '.join(PRESETS)}, got {self.preset!r}")
         if self.preset == "props-baseline":
             num_steps, lr = preset_for(self.env, PROPS_PPO, PROPS_DEFAULT)
-            fill_unset(self, num_steps=num_steps, lr=lr, ent_coef=0.01, target_kl=0.03, kl_stop="minibatch")
+            fill_unset(self, num_steps=num_steps, lr=lr, ent_coef=0.01, target_kl=0.03, kl_stop="minibatch", mean_tanh=True)
         else:
             fill_unset(self, **CLEANRL)
 
@@ -279,11 +283,13 @@ class RewardNormalizer(nn.Module):
 
 # ------------------------------------------------------------------------------------ networks, losses
 class GaussianPolicy(nn.Module):
-    """CleanRL's actor: mean = MLP(s) (tanh hidden, no output squashing), a free log-std vector."""
+    """CleanRL's actor: mean = MLP(s) (tanh hidden, no output squashing), a free log-std vector.
+    ``mean_tanh``: the PROPS repo's actor, whose mean ends in a tanh (μ ∈ (−1, 1))."""
 
-    def __init__(self, obs_dim: int, act_dim: int, hidden: tuple[int, ...]):
+    def __init__(self, obs_dim: int, act_dim: int, hidden: tuple[int, ...], mean_tanh: bool = False):
         super().__init__()
-        self.mean = orthogonal_init_(MLP(obs_dim, act_dim, hidden, activation="tanh"), math.sqrt(2.0), last_gain=0.01)
+        self.mean = orthogonal_init_(MLP(obs_dim, act_dim, hidden, activation="tanh",
+                                         output_activation="tanh" if mean_tanh else None), math.sqrt(2.0), last_gain=0.01)
         self.log_std = nn.Parameter(torch.zeros(act_dim))
 
     def dist(self, obs: torch.Tensor) -> torch.distributions.Normal:
@@ -385,7 +391,7 @@ class PPO(Agent):
         super().__init__(cfg, obs_dim, act_dim, obs_mean, obs_std, device)
         hidden = tuple(cfg.hidden)
         self.critic = orthogonal_init_(MLP(obs_dim, 1, hidden, activation="tanh"), math.sqrt(2.0), last_gain=1.0)
-        self.actor = GaussianPolicy(obs_dim, act_dim, hidden)
+        self.actor = GaussianPolicy(obs_dim, act_dim, hidden, bool(cfg.mean_tanh))
         self.obs_norm = ObsNormalizer(obs_dim, cfg.clip_obs)
         self.reward_norm = RewardNormalizer(cfg.num_envs, cfg.gamma, cfg.clip_reward)
         # copies whose current observation is not in the statistics yet (first and reset observations)

@@ -89,7 +89,7 @@ class Config(ppo.Config):
     def resolve(self, dataset=None) -> None:
         check(self.preset == "props", f"--preset must be props, got {self.preset!r}")
         values = dict(zip(_PRESET_FIELDS, preset_for(self.env, PROPS_ENVS, PROPS_DEFAULT)))
-        fill_unset(self, ent_coef=0.01, target_kl=0.03, kl_stop="minibatch", **values)
+        fill_unset(self, ent_coef=0.01, target_kl=0.03, kl_stop="minibatch", mean_tanh=True, **values)
 
     @property
     def buffer_steps(self) -> int:
@@ -175,7 +175,7 @@ class PROPS(PPO):
 
     def __init__(self, cfg: Config, obs_dim: int, act_dim: int, obs_mean=None, obs_std=None, device="cpu"):
         super().__init__(cfg, obs_dim, act_dim, obs_mean, obs_std, device)
-        self.behavior = GaussianPolicy(obs_dim, act_dim, tuple(cfg.hidden)).to(self.device)
+        self.behavior = GaussianPolicy(obs_dim, act_dim, tuple(cfg.hidden), bool(cfg.mean_tanh)).to(self.device)
         self.behavior.load_state_dict(self.actor.state_dict())
         self.optimizers["props"] = self.adam(self.behavior.parameters(), cfg.props_lr, eps=cfg.adam_eps)
         B, N = cfg.buffer_steps, cfg.num_envs

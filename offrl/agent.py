@@ -59,13 +59,19 @@ def config_to_dict(cfg) -> dict[str, Any]:
 
 
 def config_from_dict(cls, data: dict[str, Any]):
-    """Rebuild a config dataclass; unknown keys are ignored, list fields back to tuples."""
+    """Rebuild a config dataclass; unknown keys are ignored, list fields back to tuples. A field the
+    saved config lacks takes the class's ``legacy_defaults`` value when it has one (the behaviour
+    before the field existed, so an older checkpoint loads and resumes as it was trained), else
+    its default."""
     kwargs = {}
+    legacy = getattr(cls, "legacy_defaults", {})
     for f in dataclasses.fields(cls):
         if f.name in data:
             v = data[f.name]
             default = f.default if f.default is not dataclasses.MISSING else None
             kwargs[f.name] = tuple(v) if isinstance(v, list) and isinstance(default, tuple) else v
+        elif f.name in legacy:
+            kwargs[f.name] = legacy[f.name]
     return cls(**kwargs)
 
 

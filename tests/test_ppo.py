@@ -79,6 +79,27 @@ def test_agent_architecture_and_acting():
     assert torch.allclose(extras["logp"], dist.log_prob(extras["sample"]).sum(-1))
 
 
+def test_props_repo_actor_mean_ends_in_a_tanh_and_older_checkpoints_keep_none(tmp_path):
+    """CleanRL's mean is linear at the output; the PROPS repo's (props-baseline, props) ends in
+    nn.Tanh(). A checkpoint saved before the field existed loads without the tanh."""
+    from offrl.agent import config_from_dict, config_to_dict
+
+    x = torch.full((4, 11), 30.0)
+    for preset, bounded in (("cleanrl", False), ("props-baseline", True)):
+        torch.manual_seed(0)
+        agent = PPO(Config(preset=preset), obs_dim=11, act_dim=3)
+        with torch.no_grad():
+            agent.actor.mean.net[-1 if not bounded else -2].weight.mul_(1000.0)  # a head far past ±1
+            mu = agent.actor.mean(x)
+        assert isinstance(agent.actor.mean.net[-1], torch.nn.Tanh) == bounded
+        assert (mu.abs().max().item() < 1.0) == bounded, preset
+    old = config_to_dict(agent.cfg)
+    del old["mean_tanh"]  # a props-baseline run saved before --mean-tanh
+    cfg = config_from_dict(Config, old)
+    cfg.resolve(None)
+    assert cfg.mean_tanh is False and not isinstance(PPO(cfg, 11, 3).actor.mean.net[-1], torch.nn.Tanh)
+
+
 # ------------------------------------------------------------------------------------ normalizers
 def _prior_stats(samples: np.ndarray, eps: float = 1e-4):
     """Mean and variance of all samples merged with the prior (mean 0, var 1, weight eps), from the
@@ -189,10 +210,10 @@ def test_normalization_matches_cleanrl_wrappers_step_by_step():
 def test_presets_fill_only_unset_fields():
     c = Config()
     c.resolve(None)
-    assert (c.num_steps, c.lr, c.ent_coef, c.target_kl, c.kl_stop) == (2048, 3e-4, 0.0, None, "epoch")
+    assert (c.num_steps, c.lr, c.ent_coef, c.target_kl, c.kl_stop, c.mean_tanh) == (2048, 3e-4, 0.0, None, "epoch", False)
     c = Config(preset="props-baseline", env="Hopper-v5")
     c.resolve(None)
-    assert (c.num_steps, c.lr, c.ent_coef, c.target_kl, c.kl_stop) == (2048, 1e-3, 0.01, 0.03, "minibatch")
+    assert (c.num_steps, c.lr, c.ent_coef, c.target_kl, c.kl_stop, c.mean_tanh) == (2048, 1e-3, 0.01, 0.03, "minibatch", True)
     c = Config(preset="props-baseline", env="HalfCheetah-v5", lr=5e-4, target_kl=0.0)
     c.resolve(None)
     assert (c.num_steps, c.lr, c.target_kl) == (1024, 5e-4, 0.0)  # given values win; 0 turns the KL stop off

@@ -86,6 +86,9 @@ def test_presets_and_validation():
     c.resolve(None)
     assert (c.num_steps, c.props_steps, c.lr, c.props_lr, c.props_target_kl, c.props_lambda) == \
         (2048, 1024, 1e-4, 1e-4, 0.05, 0.3)
+    assert c.mean_tanh is True  # the PROPS repo's Agent.actor_mean ends in nn.Tanh(): target and behaviour
+    agent = PROPS(c, obs_dim=4, act_dim=1)
+    assert isinstance(agent.actor.mean.net[-1], torch.nn.Tanh) and isinstance(agent.behavior.mean.net[-1], torch.nn.Tanh)
     with pytest.raises(OffrlError, match="multiple of --props-steps"):
         c = Config(num_steps=100, props_steps=30)
         c.resolve(None)
