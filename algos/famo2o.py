@@ -52,7 +52,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass
-from typing import Literal
+from typing import ClassVar, Literal
 
 import numpy as np
 import torch
@@ -82,6 +82,8 @@ class Config(iql.Config, cql.Config):
     base's presets (iql: expectile 0.7 locomotion / 0.9 antmaze, β range (1, 5) / (8, 14),
     orthogonal init; cql: β range (0.5, 1.5), flax's default init)."""
 
+    legacy_defaults: ClassVar[dict] = {"awr_beta": "per-sample"}  # checkpoints from before --awr-beta
+
     base: Literal["auto", "iql", "cql"] = "auto"
     """The variant: iql (the official code's antmaze variant, jax_iql) or cql (its locomotion variant, jax_cql); auto: the one the official code runs on the dataset's domain (iql for antmaze, else cql)."""
     beta: float | None = None
@@ -106,6 +108,8 @@ class Config(iql.Config, cql.Config):
     """Base n of the sinusoidal encoding e(β)[2i] = sin(β / n^(2i/d))."""
     cosine_decay: bool = False
     """IQL variant: cosine-decay the actor learning rate over the offline phase (off in the official antmaze config; the constructor's default is on)."""
+    awr_beta: Literal["broadcast", "per-sample"] = "broadcast"
+    """IQL variant: which β weights sample j's AWR term. broadcast (the official family_update's quirk): its advantages (B,) times the coefficients (B, 1) broadcast to a B×B matrix, so sample j's weight is mean_i min(exp(β_i·A_j), 100), the same for every β_j; per-sample: min(exp(β_j·A_j), 100), as the paper describes."""
     actor_dropout: float | None = None
     """IQL variant: dropout in the universal actor's hidden layers (official: none; preset 0)."""
     actor_lr: float = 3e-4
@@ -147,6 +151,12 @@ class Config(iql.Config, cql.Config):
         else:
             check(self.reward_scale == 1.0 and self.reward_bias == 0.0,
                   "--reward-scale/--reward-bias are --base cql flags; the IQL variant's rewards follow --reward-mode")
+
+    def validate_beta(self) -> None:
+        """A fixed --beta: >= 0 for the IQL variant (an AWR temperature); any value for the CQL
+        variant, whose balance range reaches below 0 (the shifted map: (−0.5, 1.5))."""
+        if self.variant() == "iql":
+            super().validate_beta()
 
     def variant(self) -> str:
         """``--base``, with ``auto`` decided by the dataset id: iql for antmaze, cql otherwise."""
@@ -325,7 +335,7 @@ class FamO2OIQL(FamO2O, IQL):
         self.to(self.device)
         self.optimizers["actor"] = self.adam(self.actor.parameters(), torch.tensor(cfg.actor_lr, device=self.device))
         self.optimizers["balance"] = self.adam(self.balance.parameters(), cfg.balance_lr)
-        self.optimizers["balance_alpha"] = torch.optim.Adam([self.log_balance_alpha], lr=cfg.balance_alpha_lr)
+        self.optimizers["balance_alpha"] = self.adam([self.log_balance_alpha], cfg.balance_alpha_lr)  # capturable on CUDA (--cuda-graph)
         self._beta = None
         self._balance_metrics: dict[str, torch.Tensor] = {}
 
@@ -384,8 +394,12 @@ class FamO2OIQL(FamO2O, IQL):
         return out
 
     def awr_weights(self, batch, adv: torch.Tensor) -> torch.Tensor:
-        """min(exp(β·A), 100) with the policy loss's β (per sample, or the fixed --beta)."""
-        return iql.awr_weights(adv, self._beta, self.cfg.exp_adv_max)
+        """min(exp(β·A), 100) with the policy loss's β: per sample (--awr-beta per-sample, or the
+        fixed --beta), or the official broadcast, w_j = mean_i min(exp(β_i·A_j), 100)."""
+        beta = self._beta
+        if isinstance(beta, torch.Tensor) and self.cfg.awr_beta == "broadcast":
+            return torch.exp(beta.reshape(-1, 1) * adv.reshape(1, -1)).clamp(max=self.cfg.exp_adv_max).mean(0)
+        return iql.awr_weights(adv, beta, self.cfg.exp_adv_max)
 
     def actor_loss(self, batch, weights: torch.Tensor) -> torch.Tensor:
         """4. AWR of π_u on s‖e(β) with the same β as the weights."""

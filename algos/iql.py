@@ -86,12 +86,15 @@ class Config(OfflineConfig):
     orthogonal_init: bool = True
     """Orthogonal initialisation with gain √2 (the official JAX initialiser)."""
 
+    def validate_beta(self) -> None:
+        if self.beta is not None:
+            check(self.beta >= 0, f"--beta must be >= 0, got {self.beta}")
+
     def validate(self) -> None:
         super().validate()
         if self.expectile is not None:
             check(0.0 < self.expectile < 1.0, f"--expectile must be in (0, 1), got {self.expectile}")
-        if self.beta is not None:
-            check(self.beta >= 0, f"--beta must be >= 0, got {self.beta}")
+        self.validate_beta()
         if self.actor_dropout is not None:
             check(0.0 <= self.actor_dropout < 1.0, f"--actor-dropout must be in [0, 1), got {self.actor_dropout}")
         check(0.0 <= self.discount <= 1.0, f"--discount must be in [0, 1], got {self.discount}")

@@ -104,10 +104,13 @@ def test_base_auto_is_the_official_variant_of_the_domain(dataset, base):
 
 
 # ------------------------------------------------------------------------------ IQL variant: the update
-def test_iql_variant_offline_update_by_hand():
+@pytest.mark.parametrize("awr_beta", ["broadcast", "per-sample"])
+def test_iql_variant_offline_update_by_hand(awr_beta):
     """One offline update against hand computation, in the official order V → π_b → α_b → π_u → Q:
-    the AWR's β is U(1, 5) per sample, π_b's β goes through the frozen π_u and the target Q."""
-    agent = _agent()
+    the AWR's β is U(1, 5) per sample, π_b's β goes through the frozen π_u and the target Q.
+    The AWR weight of sample j: broadcast (official) mean_i min(exp(β_i·A_j), 100); per-sample
+    min(exp(β_j·A_j), 100)."""
+    agent = _agent(awr_beta=awr_beta)
     before = copy.deepcopy(agent)
     b = _batch()
     torch.manual_seed(3)
@@ -128,7 +131,11 @@ def test_iql_variant_offline_update_by_hand():
         bal_loss = (1.0 * logp_b - q_b).mean()
         entropy = -logp_b.mean()
         # AWR with the new V and that β, on s‖e(β)
-        w = torch.exp(beta * (tq - agent.value(b.obs))).clamp(max=100.0)
+        adv = tq - agent.value(b.obs)
+        if awr_beta == "per-sample":
+            w = torch.exp(beta * adv).clamp(max=100.0)
+        else:  # every β of the batch on sample j's advantage, averaged
+            w = torch.stack([torch.exp(beta * adv[j]).clamp(max=100.0).mean() for j in range(16)])
         a_loss = -(w * before.actor.log_prob(torch.cat([b.obs, sin_cos_encoding(beta)], -1), b.act)).mean()
         y = b.rew + 0.99 * (1 - b.done) * agent.value(b.next_obs)
         q_loss = (before.critic(b.obs, b.act) - y).square().sum(0).mean()
@@ -458,8 +465,10 @@ def test_eval_with_beta(use_scripted, tmp_path, capsys):
                                      ({"beta_range": (5.0, 1.0)}, "--beta-range"),
                                      ({"sin_cos_d": 5}, "--sin-cos-d"),
                                      ({"deterministic_actor": True}, "deterministic-actor"),
-                                     ({"expectile": 1.0}, "expectile")])
+                                     ({"expectile": 1.0}, "expectile"),
+                                     ({"base": "iql", "beta": -0.5}, "--beta must be >= 0")])
 def test_config_validation(kw, msg):
+    _cfg(base="cql", beta=-0.5).validate()  # the CQL variant's balance range reaches below 0
     with pytest.raises(OffrlError, match=msg):
         Config(**kw).validate()
 

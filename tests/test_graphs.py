@@ -27,7 +27,7 @@ def _buffer(rows=256):
 
 def _agent(name):
     algo = registry.get(name)
-    extra = {"a2pr": dict(actor_hidden=(16, 16), vae_hidden=(16, 16))}.get(name, {})
+    extra = {"a2pr": dict(actor_hidden=(16, 16), vae_hidden=(16, 16)), "famo2o": dict(base="iql")}.get(name, {})
     cfg = algo.config(batch_size=16, device="cpu", hidden=(16, 16), **extra)
     if name in ("td3_bc", "a2pr"):
         cfg.policy_noise = 0.0  # the same numbers through both paths (no noise drawn in a different order)
@@ -37,7 +37,7 @@ def _agent(name):
     return algo.agent(cfg, OBS, ACT, device="cpu")
 
 
-@pytest.mark.parametrize("name", ["iql", "td3_bc", "a2pr", "bc"])
+@pytest.mark.parametrize("name", ["iql", "td3_bc", "a2pr", "bc", "famo2o"])
 def test_graphed_steps_equal_eager_steps(name):
     """Warm-up steps eager, one capture, then replays on the static batch: the same weights and
     metrics as eager updates on the same batches (TD3: the actor graph every policy_freq steps)."""
