@@ -27,6 +27,7 @@ the same frozen transform at evaluation and after loading. Logged episode return
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import math
 from dataclasses import dataclass
@@ -57,7 +58,7 @@ PROPS_DEFAULT = (2048, 1e-4)  # the PROPS script's own defaults (n, lr) for othe
 class Config(RunConfig):
     """PPO as CleanRL's ppo_continuous_action.py (--preset props-baseline: the PROPS repo's PPO). Fields left unset (None) take the preset's value."""
 
-    legacy_defaults: ClassVar[dict] = {"mean_tanh": False}  # checkpoints from before --mean-tanh: no output tanh
+    legacy_defaults: ClassVar[dict] = {"mean_tanh": False, "se_freq": 0}  # checkpoints from before these fields
 
     env: str = "Hopper-v5"
     """Gymnasium env id (actions are rescaled to [-1, 1])."""
@@ -103,6 +104,12 @@ class Config(RunConfig):
     """Bootstrap time-limit truncations with V(true final obs) (CleanRL: no, done = terminated | truncated)."""
     hidden: tuple[int, ...] = (64, 64)
     """Hidden sizes of the actor-mean and critic MLPs (tanh)."""
+    se_freq: int | None = None
+    """Every this many PPO updates, before the update, the PROPS paper's sampling error (its compute_se: an MLE policy refitted to the rollout's actions, logged as train/sampling_error_paper); 0 turns it off (preset: off; props-baseline and props: updates // 30, as the PROPS script's default)."""
+    se_epochs: int = 250
+    """Epochs of the MLE fit of the paper's sampling error (official se_epochs)."""
+    se_lr: float = 1e-3
+    """Adam lr of the MLE fit of the paper's sampling error (official se_lr)."""
     mean_tanh: bool | None = None
     """A tanh on the actor mean's output, μ(s) ∈ (−1, 1) (preset: off, as CleanRL; props-baseline: on, as the PROPS repo's Agent.actor_mean, which ends in nn.Tanh())."""
     normalize_obs: bool = True
@@ -128,8 +135,9 @@ class Config(RunConfig):
         if self.preset == "props-baseline":
             num_steps, lr = preset_for(self.env, PROPS_PPO, PROPS_DEFAULT)
             fill_unset(self, num_steps=num_steps, lr=lr, ent_coef=0.01, target_kl=0.03, kl_stop="minibatch", mean_tanh=True)
+            fill_unset(self, se_freq=props_se_freq(self))
         else:
-            fill_unset(self, **CLEANRL)
+            fill_unset(self, se_freq=0, **CLEANRL)
 
     @property
     def rollout_size(self) -> int:
@@ -152,6 +160,8 @@ class Config(RunConfig):
         check(self.target_kl is None or self.target_kl >= 0, f"--target-kl must be >= 0 (0: off), got {self.target_kl}")
         check(self.kl_stop in (None, "epoch", "minibatch"), f"--kl-stop must be epoch or minibatch, got {self.kl_stop!r}")
         check(len(self.hidden) > 0 and all(h > 0 for h in self.hidden), f"--hidden needs positive sizes, got {self.hidden}")
+        check(self.se_freq is None or self.se_freq >= 0, f"--se-freq must be >= 0 (0: off), got {self.se_freq}")
+        check(self.se_epochs > 0 and self.se_lr > 0, "--se-epochs and --se-lr must be positive")
         if self.num_steps is not None:
             check(self.num_minibatches <= self.rollout_size,
                   f"--num-minibatches {self.num_minibatches} exceeds the rollout size {self.rollout_size} (num_steps x num_envs)")
@@ -342,6 +352,52 @@ def gaussian_kl(mu_p: torch.Tensor, std_p: torch.Tensor, mu_q: torch.Tensor, std
     return torch.log(std_q / std_p) + (std_p.square() + (mu_p - mu_q).square()) / (2.0 * std_q.square()) - 0.5
 
 
+def props_se_freq(cfg) -> int:
+    """The PROPS script's default se_freq: the number of PPO updates // 30 (at least 1)."""
+    return max((cfg.total_steps // (int(cfg.num_steps) * cfg.num_envs)) // 30, 1)
+
+
+def paper_sampling_error(actor: "GaussianPolicy", obs: torch.Tensor, act: torch.Tensor, adv: torch.Tensor, epochs: int,
+                         lr: float, minibatch: int, generator: torch.Generator) -> torch.Tensor:
+    """The PROPS paper's sampling error (``compute_se`` of PPOROS/ppo_props_continuous.py) on rows
+    ``obs [R, ·]``, ``act [R, |A|]`` (unclipped samples) with their GAE advantages ``adv [R]``:
+
+    - π_MLE starts as a copy of θ's actor. The weights of its first two layers are frozen (their
+      biases, the output layer and the log-std still train, as the official ``params[0]`` and
+      ``params[2]``). It is fitted by maximum likelihood: ``epochs`` passes of shuffled minibatches,
+      Adam at ``lr``, gradient norm clipped at 1, with log σ clamped to [−3, 1].
+    - The result is mean(|Â| · (log π_MLE(a|s) − log π_θ(a|s))), where Â is the advantage
+      normalized over the rows; both log-probs use log σ clamped to [−3, 1].
+
+    θ is not changed; the shuffles draw from ``generator`` only."""
+    mle = copy.deepcopy(actor)
+    weights = [m.weight for m in mle.mean.net if isinstance(m, nn.Linear)]
+    for w in weights[:2]:
+        w.requires_grad_(False)
+    params = [p for p in mle.parameters() if p.requires_grad]
+    opt = torch.optim.Adam(params, lr=lr)
+
+    def logp(policy, o, a):
+        mean = policy.mean(o)
+        std = policy.log_std.clamp(-3.0, 1.0).exp().expand_as(mean)
+        return torch.distributions.Normal(mean, std, validate_args=False).log_prob(a).sum(-1)
+
+    n = obs.shape[0]
+    with torch.enable_grad():
+        for _ in range(epochs):
+            perm = torch.randperm(n, generator=generator, device=generator.device).to(obs.device)
+            for start in range(0, n, minibatch):
+                idx = perm[start:start + minibatch]
+                loss = -logp(mle, obs[idx], act[idx]).mean()
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                nn.utils.clip_grad_norm_(params, 1.0)
+                opt.step()
+    with torch.no_grad():
+        a = ((adv - adv.mean()) / (adv.std() + 1e-8)).abs()
+        return (a * (logp(mle, obs, act) - logp(actor, obs, act))).mean()
+
+
 def sampling_error(act: torch.Tensor, mu: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
     """offrl's sampling-error estimate (not the paper's estimator): with z = (a − μ_θ(s)) / σ_θ, fit
     N(m, s²) per action dim by maximum likelihood (empirical mean and population std of z) and return
@@ -401,6 +457,8 @@ class PPO(Agent):
         self.optimizers = {"ppo": self.adam(self.parameters(), cfg.lr, eps=cfg.adam_eps)}
         self.generator = torch.Generator(device=self.device)
         self.generator.manual_seed(cfg.seed)
+        self.se_generator = torch.Generator(device=self.device)  # the paper's sampling error only: training never reads it
+        self.se_generator.manual_seed(cfg.seed + 4_000_000)
         self.learns = 0  # rollouts learned from (the lr schedule's iteration - 1)
         self.num_iterations = max(cfg.total_steps // cfg.rollout_size, 1)
 
@@ -479,6 +537,12 @@ class PPO(Agent):
         with torch.no_grad():  # how on-policy the rollout looks to θ before the update (PROPS's diagnostic)
             dist = self.actor.dist(storage.obs.flatten(0, 1))
             serr = sampling_error(storage.act.flatten(0, 1), dist.mean, dist.stddev)
+        extra = {}
+        if cfg.se_freq and self.learns % cfg.se_freq == 0:  # the paper's estimator, before the update
+            rows = storage.obs.shape[0] * storage.obs.shape[1]
+            extra["sampling_error_paper"] = paper_sampling_error(
+                self.actor, storage.obs.flatten(0, 1), storage.act.flatten(0, 1), storage.adv.flatten(), cfg.se_epochs,
+                cfg.se_lr, max(512 * rows // int(cfg.num_steps), 1), self.se_generator)
         target_kl = cfg.target_kl or None
         clipfrac, evaluated, last = None, 0, None
         stop = False
@@ -513,12 +577,14 @@ class PPO(Agent):
             "clipfrac": clipfrac / evaluated,
             "explained_variance": explained_variance(storage.value.flatten(), storage.ret.flatten()),
             "sampling_error": serr,
+            **extra,
         }
 
     # ------------------------------------------------------------------ state
     def training_state(self) -> dict:
         return {**super().training_state(),
-                "rollout_state": {"learns": self.learns, "minibatch_rng": self.generator.get_state()}}
+                "rollout_state": {"learns": self.learns, "minibatch_rng": self.generator.get_state(),
+                                  "se_rng": self.se_generator.get_state()}}
 
     def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
         self._maybe_pending = True  # obs_pending comes from the state
@@ -530,6 +596,8 @@ class PPO(Agent):
         if saved is not None:
             self.learns = int(saved["learns"])
             self.generator.set_state(saved["minibatch_rng"].cpu())
+            if "se_rng" in saved:  # older checkpoints: none
+                self.se_generator.set_state(saved["se_rng"].cpu())
 
 
 ALGORITHM = register(Algorithm("ppo", PPO, Config, kind="on-policy", benchmark=False,

@@ -90,6 +90,7 @@ class Config(ppo.Config):
         check(self.preset == "props", f"--preset must be props, got {self.preset!r}")
         values = dict(zip(_PRESET_FIELDS, preset_for(self.env, PROPS_ENVS, PROPS_DEFAULT)))
         fill_unset(self, ent_coef=0.01, target_kl=0.03, kl_stop="minibatch", mean_tanh=True, **values)
+        fill_unset(self, se_freq=ppo.props_se_freq(self))
 
     @property
     def buffer_steps(self) -> int:

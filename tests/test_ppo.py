@@ -210,10 +210,12 @@ def test_normalization_matches_cleanrl_wrappers_step_by_step():
 def test_presets_fill_only_unset_fields():
     c = Config()
     c.resolve(None)
-    assert (c.num_steps, c.lr, c.ent_coef, c.target_kl, c.kl_stop, c.mean_tanh) == (2048, 3e-4, 0.0, None, "epoch", False)
+    assert (c.num_steps, c.lr, c.ent_coef, c.target_kl, c.kl_stop, c.mean_tanh, c.se_freq) == \
+        (2048, 3e-4, 0.0, None, "epoch", False, 0)
     c = Config(preset="props-baseline", env="Hopper-v5")
     c.resolve(None)
     assert (c.num_steps, c.lr, c.ent_coef, c.target_kl, c.kl_stop, c.mean_tanh) == (2048, 1e-3, 0.01, 0.03, "minibatch", True)
+    assert c.se_freq == (1_000_000 // 2048) // 30  # the PROPS script's sampling-error cadence; cleanrl: off
     c = Config(preset="props-baseline", env="HalfCheetah-v5", lr=5e-4, target_kl=0.0)
     c.resolve(None)
     assert (c.num_steps, c.lr, c.target_kl) == (1024, 5e-4, 0.0)  # given values win; 0 turns the KL stop off

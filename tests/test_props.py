@@ -25,7 +25,7 @@ from offrl.rollout import RolloutStorage
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = dict(env="InvertedPendulum-v5", num_steps=64, props_steps=32, num_envs=2, num_minibatches=4,
             props_num_minibatches=4, props_epochs=2, update_epochs=2, hidden=(16, 16), total_steps=512,
-            eval_every=256, eval_episodes=2, log_every=64, checkpoint_every=10_000, progress=False, threads=1)
+            eval_every=256, eval_episodes=2, log_every=64, checkpoint_every=10_000, progress=False, threads=1, se_epochs=3)
 
 
 # ------------------------------------------------------------------------------------ loss
@@ -68,6 +68,59 @@ def test_sampling_error_estimate():
     assert sampling_error(act, mu, std).item() == pytest.approx(0.0, abs=1e-7)
     act = torch.tensor([[3.0], [2.0], [3.0], [2.0]])  # z = 2, 0: m = 1, s = 1  →  1/2
     assert sampling_error(act, mu, std).item() == pytest.approx(0.5, rel=1e-6)
+
+
+def test_paper_sampling_error_one_adam_step_by_hand():
+    """The paper's compute_se with one epoch of one minibatch: the MLE copy takes one Adam step, which
+    moves every trainable parameter by −lr·sign(grad) (Adam's first step), the first two weight
+    matrices stay frozen; the result is mean(|Â_norm| (log π_MLE − log π_θ)) with log σ clamped to [−3, 1]."""
+    from offrl.algos.ppo import GaussianPolicy, paper_sampling_error
+
+    torch.manual_seed(0)
+    actor = GaussianPolicy(3, 2, (8, 8), mean_tanh=True)
+    with torch.no_grad():
+        actor.log_std.copy_(torch.tensor([-4.0, 0.2]))  # the first is clamped to −3
+    obs, act, adv = torch.randn(10, 3), torch.randn(10, 2), torch.randn(10)
+    theta = {k: v.clone() for k, v in actor.state_dict().items()}
+    lr = 1e-2
+
+    def logp(params, o, a):  # by hand: 3 → 8 → 8 → 2 with tanh everywhere, Normal log-density
+        h = torch.tanh(o @ params["mean.net.0.weight"].T + params["mean.net.0.bias"])
+        h = torch.tanh(h @ params["mean.net.2.weight"].T + params["mean.net.2.bias"])
+        mean = torch.tanh(h @ params["mean.net.4.weight"].T + params["mean.net.4.bias"])
+        log_std = params["log_std"].clamp(-3.0, 1.0)
+        return (-((a - mean) ** 2) / (2 * torch.exp(2 * log_std)) - log_std - 0.5 * math.log(2 * math.pi)).sum(-1)
+
+    p = {k: v.clone().requires_grad_(True) for k, v in theta.items()}
+    (-logp(p, obs, act).mean()).backward()
+    frozen = {"mean.net.0.weight", "mean.net.2.weight"}
+    mle = {k: (v.detach() if k in frozen else v.detach() - lr * torch.sign(v.grad)) for k, v in p.items()}
+    a_norm = ((adv - adv.mean()) / (adv.std() + 1e-8)).abs()
+    want = (a_norm * (logp(mle, obs, act) - logp(theta, obs, act))).mean()
+    got = paper_sampling_error(actor, obs, act, adv, epochs=1, lr=lr, minibatch=10, generator=torch.Generator().manual_seed(0))
+    assert got.item() == pytest.approx(want.item(), rel=1e-4, abs=1e-6)
+    assert all(torch.equal(v, theta[k]) for k, v in actor.state_dict().items())  # θ untouched
+    assert paper_sampling_error(actor, obs, act, adv, 0, lr, 10, torch.Generator()).item() == 0.0  # no fit: π_MLE = θ
+    # data from a policy whose mean is shifted: the fitted π_MLE explains it better than θ
+    with torch.no_grad():
+        off = torch.normal(actor.mean(obs.repeat(40, 1)) + 0.8, 0.5)
+    big = paper_sampling_error(actor, obs.repeat(40, 1), off, torch.randn(400), 50, 1e-2, 100, torch.Generator().manual_seed(1))
+    assert big.item() > 0.1
+
+
+def test_paper_sampling_error_is_logged_and_leaves_training_alone(tmp_path):
+    """--se-freq 1 logs train/sampling_error_paper at every PPO update; the run's weights and its other
+    metrics are those of --se-freq 0 (the estimator has its own generator)."""
+    on = props.train(Config(run_dir=str(tmp_path / "on"), se_freq=1, **TINY))
+    off = props.train(Config(run_dir=str(tmp_path / "off"), se_freq=0, **TINY))
+    a = torch.load(on["checkpoint"], weights_only=True)["agent"]
+    b = torch.load(off["checkpoint"], weights_only=True)["agent"]
+    assert all(torch.equal(v, b[k]) for k, v in a.items())
+    rows_on, rows_off = _rows(tmp_path / "on"), _rows(tmp_path / "off")
+    se = [r["train/sampling_error_paper"] for r in rows_on if "train/sampling_error_paper" in r]
+    assert len(se) >= 2 and all(math.isfinite(x) for x in se)
+    strip = lambda rows: [{k: v for k, v in r.items() if k != "train/sampling_error_paper"} for r in rows]  # noqa: E731
+    assert strip(rows_on) == strip(rows_off)
 
 
 # ------------------------------------------------------------------------------------ presets
