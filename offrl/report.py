@@ -121,6 +121,8 @@ class RunRecord:
     config: dict = field(default_factory=dict)
     o2o: dict | None = None
     """An offline → online run's summary scores: offline_normalized_score, online_normalized_score, normalized_regret."""
+    by_return: bool = False
+    """Scored by ``eval/return_mean`` because its task has no reference scores (the metric asked was the normalized score)."""
 
 
 def find_runs(paths: list[str]) -> list[str]:
@@ -130,11 +132,11 @@ def find_runs(paths: list[str]) -> list[str]:
         if not os.path.exists(p):
             raise OffrlError(f"{p}: no such file or directory")
         if os.path.isfile(os.path.join(p, "config.json")) and os.path.isfile(os.path.join(p, "metrics.jsonl")):
-            found.add(os.path.normpath(p))
+            found.add(os.path.realpath(p))
             continue
         for root, _, files in os.walk(p):
             if "config.json" in files and "metrics.jsonl" in files:
-                found.add(os.path.normpath(root))
+                found.add(os.path.realpath(root))
     if not found:
         raise OffrlError(f"no run directories (config.json + metrics.jsonl) under {', '.join(paths)}")
     return sorted(found)
@@ -186,12 +188,19 @@ def read_run(path: str, metric: str, split: list[str], expert_normalized: bool =
     finished = os.path.isfile(summary_path)
     if expert_normalized:
         metric = "eval/return_mean"
+    by_return = False
     try:
         steps, values, _ = read_metric(path, metric)
     except OffrlError:
-        if not finished:
-            return None
-        raise OffrlError(f"{path}: a finished run without evaluations of {metric} (was evaluation disabled?)") from None
+        try:  # a task without reference scores logs a null normalized score: score it by its return
+            if metric != "eval/normalized_score":
+                raise
+            steps, values, _ = read_metric(path, "eval/return_mean")
+            metric, by_return = "eval/return_mean", True
+        except OffrlError:
+            if not finished:
+                return None
+            raise OffrlError(f"{path}: a finished run without evaluations of {metric} (was evaluation disabled?)") from None
     summary = json.load(open(summary_path)) if finished else {}
     if expert_normalized:
         if references is None:
@@ -217,10 +226,47 @@ def read_run(path: str, metric: str, split: list[str], expert_normalized: bool =
                      int(summary.get("steps", steps[-1])), int(summary.get("updates", 0)),
                      summary.get("total_seconds", summary.get("seconds")),
                      (steps, values), tuple(phase_boundaries(path)), cfg,
-                     {k: summary[k] for k in O2O_KEYS} if all(summary.get(k) is not None for k in O2O_KEYS) else None)
+                     {k: summary[k] for k in O2O_KEYS} if all(summary.get(k) is not None for k in O2O_KEYS) else None,
+                     by_return)
 
 
 # ------------------------------------------------------------------------------------ report
+IGNORED_CONFIG = {"seed", "run_dir", "resume", "device", "threads", "progress", "track", "wandb_project", "wandb_group",
+                  "wandb_entity", "heartbeat_seconds", "checkpoint_every", "log_every", "compile", "cuda_graph", "env_backend",
+                  "seeds", "dataset", "env"}
+"""Config fields that may differ between the runs of one row (they do not change what is computed, or name the row)."""
+
+
+def _check_split(runs: list[str], split: list[str]) -> None:
+    """A ``--split`` key that no run's config has is a typo: one-line error with the keys there are."""
+    if not split:
+        return
+    keys: set[str] = set()
+    for path in runs:
+        with open(os.path.join(path, "config.json")) as f:
+            keys |= set(json.load(f).get("config", {}))
+    missing = [k for k in split if k not in keys]
+    if missing:
+        from offrl.errors import suggest
+
+        raise OffrlError(f"--split {missing[0]}: no run's config has it" + suggest(missing[0], sorted(keys)))
+
+
+def config_differences(cell: dict, split: list[str]) -> list[str]:
+    """One note per row whose runs were trained with different configs (besides the seed and the
+    runtime-only fields): they are averaged together, which is only right if meant."""
+    notes = []
+    for (a, t), rs in sorted(cell.items()):
+        if len(rs) < 2:
+            continue
+        keys = sorted({k for r in rs for k in r.config} - IGNORED_CONFIG - set(split))
+        differ = [k for k in keys if len({json.dumps(r.config.get(k), sort_keys=True) for r in rs}) > 1]
+        if differ:
+            notes.append(f"**Note:** the {len(rs)} runs of {a} on {t} differ in {', '.join(differ)}; they are averaged "
+                         f"together (pass --split {' '.join(differ[:2])} to separate them).")
+    return notes
+
+
 def _pm(x: np.ndarray) -> str:
     return f"{x.mean():.1f} ± {x.std():.1f}" if x.size > 1 else f"{x.mean():.1f}"
 
@@ -242,14 +288,19 @@ def build(paths: list[str], out: str, metric: str = "eval/normalized_score", spl
     from offrl.plot import Curve, render_svg, write_svg
 
     references: dict = {}
-    read = [(p, read_run(p, metric, split or [], expert_normalized, references)) for p in find_runs(paths)]
+    found = find_runs(paths)
+    _check_split(found, split or [])
+    read = [(p, read_run(p, metric, split or [], expert_normalized, references)) for p in found]
     records = [r for _, r in read if r is not None]
-    skipped = [r for r in records if not r.finished] + [p for p, r in read if r is None]
+    no_eval = [p for p, r in read if r is None]  # unfinished, no evaluation yet: never reportable
+    skipped = ([r for r in records if not r.finished] if not include_unfinished else []) + no_eval
     if not include_unfinished:
         records = [r for r in records if r.finished]
     if not records:
+        if include_unfinished:
+            raise OffrlError(f"no runs with an evaluation yet under {', '.join(paths)} ({len(no_eval)} runs without one)")
         raise OffrlError(f"no finished runs under {', '.join(paths)} ({len(skipped)} unfinished; "
-                         "--include-unfinished reports them)")
+                         "--include-unfinished reports those with an evaluation)")
     algos = sorted({r.algo for r in records})
     tasks = sorted({r.task for r in records})
     cell = {(a, t): [r for r in records if r.algo == a and r.task == t] for a in algos for t in tasks}
@@ -263,12 +314,20 @@ def build(paths: list[str], out: str, metric: str = "eval/normalized_score", spl
     lines = [f"# {title or 'Results'}", "",
              f"{len(records)} runs: {len(algos)} algorithm(s) × {len(tasks)} task(s). Score: {score_name} "
              "(last = final evaluation, best = the evaluation with the highest mean return, mean over evaluations = "
-             "the learning curve's mean, a data-efficiency measure); mean ± std over seeds."]
-    if skipped and not include_unfinished:
-        lines.append(f"{len(skipped)} unfinished runs left out.")
+             "the learning curve's mean, a data-efficiency measure); mean ± std over runs (the population std, "
+             "ddof 0)."]
+    if skipped:
+        lines.append(f"{len(skipped)} unfinished runs left out" + (f" ({len(no_eval)} without any evaluation yet)."
+                                                                      if no_eval else "."))
+    by_return = sorted({r.task for r in records if r.by_return})
+    if by_return:
+        lines.append("Tasks without reference scores are scored by their return (eval/return_mean) and left out of "
+                     "the aggregates: " + ", ".join(by_return) + ".")
+    for note in config_differences(cell, split or []):
+        lines.append(note)
     ref = load_reference(reference) if reference else None
     ref_head = f" {ref['label']} |" if ref else ""
-    lines += ["", "## Per task", "", f"| task | algorithm | seeds | budget (steps) | last | best | mean over evaluations |{ref_head}",
+    lines += ["", "## Per task", "", f"| task | algorithm | runs | budget (steps) | last | best | mean over evaluations |{ref_head}",
               "|---|---|---|---|---|---|---|" + ("---|" if ref else "")]
     table = {}
     for t in tasks:
@@ -284,8 +343,9 @@ def build(paths: list[str], out: str, metric: str = "eval/normalized_score", spl
             if ref:
                 value = ref["scores"].get(a.split("[")[0], {}).get(t)
                 ref_cell = f" {value:.1f} |" if isinstance(value, (int, float)) else " – |"
-            lines.append(f"| {t} | {a} | {len(rs)} | {', '.join(f'{b:,}' for b in budget)} | {_pm(last)} | {_pm(best)} | {_pm(area)} |{ref_cell}")
-            table[f"{a}|{t}"] = {"seeds": len(rs), "last_mean": float(last.mean()), "last_std": float(last.std()),
+            lines.append(f"| {t}{' (return)' if t in by_return else ''} | {a} | {len(rs)} | {', '.join(f'{b:,}' for b in budget)} | {_pm(last)} | {_pm(best)} | {_pm(area)} |{ref_cell}")
+            table[f"{a}|{t}"] = {"runs": len(rs), "seeds": len({r.seed for r in rs}), "score": "eval/return_mean" if t in by_return else metric,
+                                 "last_mean": float(last.mean()), "last_std": float(last.std()),
                                  "best_mean": float(best.mean()), "best_std": float(best.std()),
                                  "curve_mean": float(area.mean()), "curve_std": float(area.std()), "budget": budget}
 
@@ -317,8 +377,11 @@ def build(paths: list[str], out: str, metric: str = "eval/normalized_score", spl
     agg = {}
     lines += ["", f"## Aggregates over tasks (last score, 95 % stratified bootstrap CI, {reps} replicates)", "",
               "| algorithm | tasks | runs | IQM | mean | median | optimality gap ↓ |", "|---|---|---|---|---|---|---|"]
+    scored = [t for t in tasks if t not in by_return]  # one scale: tasks scored by their return are left out
     for a in algos:
-        per_task = [np.array([r.last for r in cell[(a, t)]]) for t in tasks if cell[(a, t)]]
+        per_task = [np.array([r.last for r in cell[(a, t)]]) for t in scored if cell[(a, t)]]
+        if not per_task:
+            continue
         row = {}
         for name in AGGREGATES:
             lo, hi = stratified_bootstrap(per_task, name, reps, seed)
@@ -328,12 +391,13 @@ def build(paths: list[str], out: str, metric: str = "eval/normalized_score", spl
                      + " | ".join(_ci(row[n]["value"], row[n]["low"], row[n]["high"]) for n in AGGREGATES) + " |")
 
     # performance profile
-    all_scores = np.array([r.last for r in records])
+    all_scores = np.array([r.last for r in records if r.task not in by_return] or [0.0])
     taus = np.linspace(min(0.0, float(all_scores.min())), max(100.0, float(all_scores.max())), 101)
     profile = []
     for a in algos:
-        per_task = [np.array([r.last for r in cell[(a, t)]]) for t in tasks if cell[(a, t)]]
-        profile.append(Curve(a, taus, performance_profile(per_task, taus)))
+        per_task = [np.array([r.last for r in cell[(a, t)]]) for t in scored if cell[(a, t)]]
+        if per_task:
+            profile.append(Curve(a, taus, performance_profile(per_task, taus)))
     write_svg(os.path.join(out, "profile.svg"),
               render_svg(profile, "fraction of runs with score > τ", "Performance profile (last score)", xlabel="τ"))
     lines += ["", "## Performance profile", "", "![performance profile](profile.svg)"]
@@ -355,7 +419,7 @@ def build(paths: list[str], out: str, metric: str = "eval/normalized_score", spl
                                runs=len(rs), boundaries=marks))
         if items:
             name = f"curves_{_slug(t)}.svg"
-            write_svg(os.path.join(out, name), render_svg(items, metric, t))
+            write_svg(os.path.join(out, name), render_svg(items, "eval/return_mean" if t in by_return else metric, t))
             lines.append(f"![{t}]({name})")
     # runtime
     lines += ["", "## Runtime", "", "| task | algorithm | wall time per run | steps/s | updates/s |", "|---|---|---|---|---|"]
@@ -374,7 +438,8 @@ def build(paths: list[str], out: str, metric: str = "eval/normalized_score", spl
     lines += ["", "Wall times are of the machine the runs ran on, with whatever else ran there; compare "
               "them only within one sweep.", ""]
     write_text(os.path.join(out, "report.md"), "\n".join(lines))
-    result = {"out": out, "runs": len(records), "unfinished_left_out": 0 if include_unfinished else len(skipped),
+    result = {"out": out, "runs": len(records), "unfinished_left_out": len(skipped), "metric": metric,
+              "scored_by_return": by_return,
               "algorithms": algos, "tasks": tasks, "table": table, "aggregates": agg, "runtime": runtime, "o2o": o2o}
     write_json(os.path.join(out, "report.json"), result, indent=1)
     return result

@@ -56,6 +56,8 @@ class RunSpec:
     run_dir: str = ""
     seeds: list[int] = field(default_factory=list)
     """Stacked seeds (``--stack-seeds``): one process trains them all, each in ``run_dir/seed<k>``."""
+    asked: dict = field(default_factory=dict)
+    """Config field → value this sweep asks for (its --steps and --set flags, parsed)."""
 
     @property
     def name(self) -> str:
@@ -75,6 +77,25 @@ class RunSpec:
             return "partial"
         return "new"
 
+    def mismatches(self) -> list[tuple[str, object, object]]:
+        """(field, value in the existing run's config.json, value this sweep asks) for every asked
+        field the run already on disk was started with a different value of (runtime-only fields,
+        such as threads and progress, do not count)."""
+        out = []
+        for d in self._dirs():
+            path = os.path.join(d, "config.json")
+            if not os.path.isfile(path):
+                continue
+            with open(path) as f:
+                saved = json.load(f).get("config", {})
+            for key, want in self.asked.items():
+                if key in RUNTIME_FIELDS or key not in saved:
+                    continue
+                have = saved[key]
+                if (list(want) if isinstance(want, tuple) else want) != have:
+                    out.append((key, have, want))
+        return out
+
     def command(self) -> list[str]:
         """The ``offrl train`` command line that starts the run, or resumes it from its checkpoint."""
         base = [sys.executable, "-m", "offrl.cli", "train", self.algo]
@@ -87,6 +108,11 @@ class RunSpec:
             return base + ["--resume", os.path.join(self.run_dir, "checkpoint.pt")]
         where = "--dataset" if _kind(self.algo) == "offline" else "--env"
         return base + [where, self.target, "--seed", str(self.seed), "--run-dir", self.run_dir, *self.flags]
+
+
+RUNTIME_FIELDS = {"threads", "progress", "track", "wandb_project", "wandb_group", "wandb_entity", "heartbeat_seconds",
+                  "device", "compile", "cuda_graph", "env_backend", "checkpoint_every", "log_every"}
+"""Config fields that do not change what a run computes: a sweep may resume a run with other values."""
 
 
 def _kind(algo: str) -> str:
@@ -102,8 +128,9 @@ def _config_fields(algo: str) -> dict[str, object]:
     return {f.name: f.type for f in dataclasses.fields(get(algo).config)}
 
 
-def _check_flags(algo: str, flags: list[str]) -> None:
-    """Parse ``flags`` with the algorithm's config now, so a bad value fails before any run starts."""
+def _check_flags(algo: str, flags: list[str]):
+    """Parse ``flags`` with the algorithm's config now, so a bad value fails before any run starts;
+    returns the parsed config."""
     import contextlib
     import io
 
@@ -113,7 +140,7 @@ def _check_flags(algo: str, flags: list[str]) -> None:
     text = io.StringIO()
     try:
         with contextlib.redirect_stderr(text), contextlib.redirect_stdout(text):
-            parse_config(get(algo).config, flags, prog=f"offrl train {algo}")
+            return parse_config(get(algo).config, flags, prog=f"offrl train {algo}")
     except SystemExit:
         lines = [ln.strip(" │╭╰╮╯─|+") for ln in text.getvalue().splitlines()]
         lines = [ln for ln in lines if ln.strip("-")]  # drop rules
@@ -180,10 +207,11 @@ def plan(algos: list[str], datasets: list[str], envs: list[str], seeds: list[int
             raise OffrlError(f"{algo} is {'an offline' if offline else 'an online'} algorithm: give "
                              f"{'--datasets' if offline else '--envs'}")
         fields = _config_fields(algo)
-        flags = []
+        flags, keys = [], []
         for key, value in sets.items():
             if key == "steps" and not offline and "steps" not in fields:
                 key = "total_steps"  # online/on-policy budgets are env steps
+            keys.append(key)
             if key not in fields:
                 raise OffrlError(f"--set {key}: {algo} has no such flag" + suggest(key, sorted(fields)))
             flag = key.replace("_", "-")
@@ -194,16 +222,17 @@ def plan(algos: list[str], datasets: list[str], envs: list[str], seeds: list[int
                 flags.append(f"--{flag}" if on else f"--no-{flag}")
             else:
                 flags += [f"--{flag}", *shlex.split(value)]
-        _check_flags(algo, flags)
+        parsed = _check_flags(algo, flags)
+        asked = {key: getattr(parsed, key) for key in keys}
         if stack_seeds and len(seeds) > 1 and getattr(known[algo].agent, "stackable", False):
             for target in targets:
-                spec = RunSpec(algo, target, seeds[0], flags, seeds=list(seeds))
+                spec = RunSpec(algo, target, seeds[0], flags, seeds=list(seeds), asked=asked)
                 spec.run_dir = os.path.join(out, algo, target.replace("/", "_"))
                 runs.append(spec)
             continue
         for target in targets:
             for seed in seeds:
-                spec = RunSpec(algo, target, seed, flags)
+                spec = RunSpec(algo, target, seed, flags, asked=asked)
                 spec.run_dir = os.path.join(out, spec.name)
                 runs.append(spec)
     return runs
@@ -454,8 +483,21 @@ def run_sweep(runs: list[RunSpec], out: str, workers: int | None, threads: int, 
         lock.close()
 
 
+def check_existing(runs: list[RunSpec]) -> None:
+    """One-line error when a run already on disk was started with other flags than this sweep asks
+    (a finished run would be counted as done, a partial one resumed with its old flags)."""
+    bad = [(r, m) for r in runs for m in r.mismatches()]
+    if bad:
+        r, (key, have, want) = bad[0]
+        more = f" (and {len(bad) - 1} more)" if len(bad) > 1 else ""
+        raise OffrlError(f"{r.run_dir} was started with {key}={have!r}, this sweep asks {key}={want!r}{more}: "
+                         "use another --out, or remove those runs")
+
+
 def _run_locked(runs: list[RunSpec], out: str, pool, echo) -> dict:
     from offrl.data import load_dataset
+
+    check_existing(runs)
 
     write_json(os.path.join(out, "plan.json"), {"runs": [
         {"name": r.name, "algo": r.algo, "target": r.target, "seed": r.seed, "flags": r.flags, "run_dir": r.run_dir}
@@ -571,7 +613,8 @@ def main(argv: list[str]) -> int:
     runs = plan(a.algos, expand_datasets(a.datasets), a.envs, a.seeds, a.out, a.steps, sets, a.threads, a.stack_seeds)
     if a.dry_run:
         for r in runs:
-            print(f"{r.state():8s} {r.name}  {shlex.join(r.command()[2:])}")
+            state = "mismatch" if r.mismatches() else r.state()
+            print(f"{state:8s} {r.name}  offrl {shlex.join(r.command()[3:])}")
         return 0
     result = run_sweep(runs, a.out, workers, a.threads, executor=a.executor, ray_address=ray_address,
                        gpus_per_run=a.gpus_per_run)

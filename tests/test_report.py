@@ -4,6 +4,7 @@ and figures from run directories, clear errors."""
 from __future__ import annotations
 
 import json
+import os
 import xml.etree.ElementTree as ET
 
 import numpy as np
@@ -111,6 +112,42 @@ def test_best_follows_the_highest_return_and_split_keys(tmp_path):
     assert res["algorithms"] == ["ppo[preset=cleanrl]", "ppo[preset=props-baseline]"]
     assert res["tasks"] == ["Hopper-v5"]
     assert res["table"]["ppo[preset=cleanrl]|Hopper-v5"]["best_mean"] == 30.0
+
+
+def test_tasks_without_reference_scores_duplicates_split_typos_and_config_differences(tmp_path):
+    runs = tmp_path / "runs"
+    d = _fake_run(runs, "ppo", "InvertedPendulum-v5", 0, [None, None], returns=[12.0, 800.0], online=True)
+    _fake_run(runs, "ppo", "InvertedPendulum-v5", 1, [None, None], returns=[20.0, 1000.0], online=True,
+              extra_cfg={"lr": 1e-3})
+    _fake_run(runs, "iql", "d/one", 0, [10.0, 50.0])
+    # the same run twice (relative and absolute path): counted once
+    res = build([str(runs), str(d), os.path.relpath(d)], str(tmp_path / "rep"), reps=10)
+    assert res["runs"] == 3 and res["scored_by_return"] == ["InvertedPendulum-v5"]
+    t = res["table"]["ppo|InvertedPendulum-v5"]
+    assert (t["runs"], t["last_mean"], t["score"]) == (2, 900.0, "eval/return_mean")
+    assert "ppo" not in res["aggregates"] and "iql" in res["aggregates"]  # returns are not on the 0-100 scale
+    md = (tmp_path / "rep" / "report.md").read_text()
+    assert "| InvertedPendulum-v5 (return) | ppo | 2 |" in md
+    assert "the 2 runs of ppo on InvertedPendulum-v5 differ in lr" in md and "population std" in md
+    with pytest.raises(OffrlError, match=r"--split presett: no run's config has it"):
+        build([str(runs)], str(tmp_path / "rep2"), split=["presett"])
+
+
+def test_unfinished_counts_with_and_without_the_flag(tmp_path):
+    runs = tmp_path / "runs"
+    _fake_run(runs, "iql", "d/one", 0, [10.0, 50.0])
+    _fake_run(runs, "iql", "d/one", 1, [10.0], finished=False)  # unfinished, one evaluation
+    e = runs / "no-eval"
+    e.mkdir()
+    (e / "config.json").write_text(json.dumps({"algo": "iql", "config": {"seed": 2}, "dataset": {"id": "d/one"}}))
+    (e / "metrics.jsonl").write_text(json.dumps({"step": 10, "train/loss": 1.0}) + "\n")  # unfinished, no evaluation
+    assert build([str(runs)], str(tmp_path / "a"), reps=10)["unfinished_left_out"] == 2
+    assert build([str(runs)], str(tmp_path / "b"), reps=10, include_unfinished=True)["unfinished_left_out"] == 1
+    only = tmp_path / "only"
+    only.mkdir()
+    os.rename(e, only / "no-eval")
+    with pytest.raises(OffrlError, match="no runs with an evaluation yet"):
+        build([str(only)], str(tmp_path / "c"), include_unfinished=True)
 
 
 def test_errors_are_clear(tmp_path, capsys):

@@ -38,6 +38,23 @@ def test_grid_expansion_and_naming(tmp_path):
     assert sac[sac.index("--seed") + 1] == "1"
 
 
+def test_a_run_on_disk_with_other_flags_is_a_one_line_error(tmp_path):
+    """Re-running a sweep with another budget must not count the old runs as done (or resume them
+    with their old flags); runtime-only fields (threads, progress) may differ."""
+    from offrl.sweep import check_existing
+
+    runs = plan(["iql"], [SCRIPTED], [], [0, 1], str(tmp_path), steps=500, sets=parse_sets(["batch-size=64"]))
+    check_existing(runs)  # nothing on disk yet
+    os.makedirs(runs[1].run_dir)
+    with open(os.path.join(runs[1].run_dir, "config.json"), "w") as f:
+        json.dump({"algo": "iql", "config": {"steps": 1000, "batch_size": 64, "threads": 4, "progress": True}}, f)
+    assert runs[0].mismatches() == [] and runs[1].mismatches() == [("steps", 1000, 500)]
+    with pytest.raises(OffrlError, match=r"seed1 was started with steps=1000, this sweep asks steps=500"):
+        check_existing(runs)
+    same = plan(["iql"], [SCRIPTED], [], [0, 1], str(tmp_path), steps=1000, sets=parse_sets(["batch-size=64"]))
+    check_existing(same)  # the same flags: fine (threads and progress do not count)
+
+
 @pytest.mark.parametrize("kwargs, message", [
     (dict(algos=["iql"], datasets=["offrl/nothing*"]), "matches no known dataset"),
     (dict(algos=["iqll"], datasets=[SCRIPTED]), "unknown algorithm 'iqll'"),
