@@ -20,14 +20,15 @@ and the defaults train exactly as above:
 
 * ``--episodes N`` trains on the dataset's first N episodes only (a deliberately small demo set;
   applied before ``--frac``, and the statistics are those rows').
-* ``--chunk K`` predicts an action chunk, as ACT does: the actor outputs K actions
+* ``--chunk K`` trains on action chunks, with ACT's chunked loss: the actor outputs K actions
   π(s_t) = (â_t, …, â_{t+K−1}) and regresses the dataset's next K actions of the same episode,
 
       L_π = Σ_{B, k, dims} m_{t,k} (â_{t+k} − a_{t+k})² / Σ m_{t,k},   m_{t,k} = 1[t + k ≤ episode end]
 
   (steps past the episode end are masked, ACT's ``is_pad``). Acting executes the first action of
-  the chunk at every step (receding horizon), so the policy file acts like any other policy with
-  ``act_dim`` outputs. To find each batch row's next K actions, the buffer has an extra column
+  the chunk at every step (receding horizon, re-queried each step; ACT's temporal ensembling and
+  open-loop execution of k actions are not implemented), so the chunk only changes the training loss
+  and the policy file acts like any other policy with ``act_dim`` outputs. To find each batch row's next K actions, the buffer has an extra column
   ``row`` (the row's index) when K > 1.
 """
 
@@ -66,7 +67,7 @@ class Config(OfflineConfig):
     episodes: int = 0
     """Train on the dataset's first N episodes only (0: all), e.g. a small demo set for a weak base policy."""
     chunk: int = 1
-    """Action chunk length K: predict the next K actions, execute the first (ACT-style); 1 = plain BC."""
+    """Action chunk length K: predict the next K actions, execute the first at every step (ACT's chunked loss, not its temporal ensembling); 1 = plain BC."""
 
     def validate(self) -> None:
         super().validate()
