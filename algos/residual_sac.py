@@ -573,12 +573,16 @@ class BaseEval:
 
     def __init__(self):
         self.result: dict | None = None
+        self.zero_residual: dict | None = None
+        """The agent before training, Δa = 0: the base's action clamped to the expanded demo range,
+        which is what the residual starts from (it differs from ``result`` where the base acts outside that range)."""
 
     def state_dict(self) -> dict:
-        return {"result": self.result}
+        return {"result": self.result, "zero_residual": self.zero_residual}
 
     def load_state_dict(self, state: dict) -> None:
         self.result = state.get("result")
+        self.zero_residual = state.get("zero_residual")
 
 
 # ------------------------------------------------------------------------------------ train
@@ -644,7 +648,11 @@ def train(cfg: Config) -> dict:
         res = evaluate(lambda o: agent.base(torch.as_tensor(np.asarray(o, np.float32), device=device)).cpu().numpy(), cfg.env,
                        cfg.eval_episodes, evaluator.seed, ref_min, ref_max)
         base_eval.result = {k: v for k, v in res.items() if not isinstance(v, list)}
-    run.summary_updates.append(lambda: {"base": base_eval.result,
+        if cfg.residual:
+            res = evaluate(lambda o: agent.act(o, deterministic=True), cfg.env, cfg.eval_episodes, evaluator.seed, ref_min,
+                           ref_max)
+            base_eval.zero_residual = {k: v for k, v in res.items() if not isinstance(v, list)}
+    run.summary_updates.append(lambda: {"base": base_eval.result, "zero_residual": base_eval.zero_residual,
                                         "final_success_rate": run.evaluator.last.get("success_rate")})
     return run.execute()
 

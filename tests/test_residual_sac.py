@@ -277,6 +277,7 @@ def test_cli_smoke_run_mixing_and_errors(use_scripted, tmp_path, monkeypatch):
     printed = json.loads(out.stdout.strip().splitlines()[-1])
     assert printed == json.load(open(run_dir / "summary.json"))
     assert printed["steps"] == 60 and printed["updates"] == 5 + 4 * 30 and printed["base"]["return_mean"] > 0
+    assert printed["zero_residual"]["return_mean"] > 0
     rows = [json.loads(line) for line in open(run_dir / "metrics.jsonl")]
     assert sorted({r["step"] for r in rows if "eval/return_mean" in r}) == [30, 60]
     assert {r["step"] for r in rows if "train/critic_loss" in r} == {40, 60}
@@ -358,6 +359,7 @@ def test_fetch_push_smoke(tmp_path, monkeypatch, data_dirs):
                  "--run-dir", str(tmp_path / "push")])
     assert r["dataset"] == "offrl/fetch/push-scripted-v0" and r["final_success_rate"] is not None
     assert 0.0 <= r["final_success_rate"] <= 1.0 and r["base"]["success_rate"] is not None
+    assert r["zero_residual"]["success_rate"] is not None  # the clamped base the residual starts from
 
 
 def test_gymnasium_robotics_ids_are_aliases_of_the_wrapped_tasks():
