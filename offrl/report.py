@@ -222,9 +222,12 @@ def read_run(path: str, metric: str, split: list[str], expert_normalized: bool =
             best = float(values[np.searchsorted(steps, at)]) if at in set(steps.tolist()) else float(values.max())
         except OffrlError:
             best = float(values.max())
+    seconds = summary.get("total_seconds", summary.get("seconds"))
+    if seconds and summary.get("stacked_seeds"):  # one process trained S seeds: each seed's share of its time
+        seconds = float(seconds) / len(summary["stacked_seeds"])
     return RunRecord(path, algo, task, int(cfg.get("seed", 0)), finished, float(last), float(best),
                      int(summary.get("steps", steps[-1])), int(summary.get("updates", 0)),
-                     summary.get("total_seconds", summary.get("seconds")),
+                     seconds,
                      (steps, values), tuple(phase_boundaries(path)), cfg,
                      {k: summary[k] for k in O2O_KEYS} if all(summary.get(k) is not None for k in O2O_KEYS) else None,
                      by_return)
@@ -436,7 +439,8 @@ def build(paths: list[str], out: str, metric: str = "eval/normalized_score", spl
                                    "updates_per_s_mean": float(ups.mean())}
             lines.append(f"| {t} | {a} | {secs.mean() / 60:.1f} min | {sps.mean():.3g} | {ups.mean():.3g} |")
     lines += ["", "Wall times are of the machine the runs ran on, with whatever else ran there; compare "
-              "them only within one sweep.", ""]
+              "them only within one sweep. A run trained with stacked seeds (`--seeds`, `--stack-seeds`) counts its "
+              "share: the process's time divided by its number of seeds.", ""]
     write_text(os.path.join(out, "report.md"), "\n".join(lines))
     result = {"out": out, "runs": len(records), "unfinished_left_out": len(skipped), "metric": metric,
               "scored_by_return": by_return,

@@ -133,6 +133,16 @@ def test_tasks_without_reference_scores_duplicates_split_typos_and_config_differ
         build([str(runs)], str(tmp_path / "rep2"), split=["presett"])
 
 
+def test_stacked_seed_runs_count_their_share_of_the_process_time(tmp_path):
+    runs = tmp_path / "runs"
+    for seed in (0, 1):
+        d = _fake_run(runs, "iql", "d/one", seed, [10.0, 50.0])
+        summary = json.loads((d / "summary.json").read_text())
+        (d / "summary.json").write_text(json.dumps({**summary, "total_seconds": 40.0, "stacked_seeds": [0, 1]}))
+    res = build([str(runs)], str(tmp_path / "rep"), reps=10)
+    assert res["runtime"]["iql|d/one"]["seconds_mean"] == 20.0
+
+
 def test_unfinished_counts_with_and_without_the_flag(tmp_path):
     runs = tmp_path / "runs"
     _fake_run(runs, "iql", "d/one", 0, [10.0, 50.0])
