@@ -36,6 +36,7 @@ class Curve:
     band: np.ndarray | None = None  # ± half-width at each step
     runs: int = 1
     boundaries: tuple = ()  # (step, name of the phase that starts there) of each phase hand-over
+    color: int | None = None  # index into PALETTE (None: the curve's position), so one label keeps its colour across figures
 
 
 def metrics_file(run: str | os.PathLike) -> Path:
@@ -200,7 +201,7 @@ def render_svg(items: list[Curve], metric: str, title: str | None = None, xlabel
                f'{escape(metric)}</text>')
     legend = []
     for i, c in enumerate(items):
-        color = PALETTE[i % len(PALETTE)]
+        color = PALETTE[(i if c.color is None else c.color) % len(PALETTE)]
         if c.band is not None:
             upper = [f"{px(x):.1f},{py(y):.1f}" for x, y in zip(c.steps, c.values + c.band)]
             lower = [f"{px(x):.1f},{py(y):.1f}" for x, y in zip(c.steps[::-1], (c.values - c.band)[::-1])]

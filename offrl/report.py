@@ -400,7 +400,7 @@ def build(paths: list[str], out: str, metric: str = "eval/normalized_score", spl
     for a in algos:
         per_task = [np.array([r.last for r in cell[(a, t)]]) for t in scored if cell[(a, t)]]
         if per_task:
-            profile.append(Curve(a, taus, performance_profile(per_task, taus)))
+            profile.append(Curve(a, taus, performance_profile(per_task, taus), color=algos.index(a)))
     write_svg(os.path.join(out, "profile.svg"),
               render_svg(profile, "fraction of runs with score > τ", "Performance profile (last score)", xlabel="τ"))
     lines += ["", "## Performance profile", "", "![performance profile](profile.svg)"]
@@ -419,7 +419,7 @@ def build(paths: list[str], out: str, metric: str = "eval/normalized_score", spl
             stack = np.stack([r.curve[1][np.searchsorted(r.curve[0], common)] for r in rs])
             marks = tuple(sorted({b for r in rs for b in r.boundaries}))
             items.append(Curve(a, np.array(common), stack.mean(0), stack.std(0) if len(rs) > 1 else None,
-                               runs=len(rs), boundaries=marks))
+                               runs=len(rs), boundaries=marks, color=algos.index(a)))
         if items:
             name = f"curves_{_slug(t)}.svg"
             write_svg(os.path.join(out, name), render_svg(items, "eval/return_mean" if t in by_return else metric, t))

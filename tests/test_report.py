@@ -133,6 +133,17 @@ def test_tasks_without_reference_scores_duplicates_split_typos_and_config_differ
         build([str(runs)], str(tmp_path / "rep2"), split=["presett"])
 
 
+def test_an_algorithm_keeps_its_colour_across_task_figures(tmp_path):
+    runs = tmp_path / "runs"
+    _fake_run(runs, "bc", "d/one", 0, [1.0, 2.0])
+    _fake_run(runs, "iql", "d/one", 0, [1.0, 3.0])
+    _fake_run(runs, "iql", "d/two", 0, [1.0, 4.0])  # no bc here: iql is the first curve of this figure
+    build([str(runs)], str(tmp_path / "rep"), reps=10)
+    colour = {fig: {e.get("data-label"): e.get("stroke") for e in ET.parse(tmp_path / "rep" / fig).getroot().iter(f"{SVG}polyline")}
+              for fig in ("curves_d_one.svg", "curves_d_two.svg")}
+    assert colour["curves_d_one.svg"]["iql"] == colour["curves_d_two.svg"]["iql"] != colour["curves_d_one.svg"]["bc"]
+
+
 def test_stacked_seed_runs_count_their_share_of_the_process_time(tmp_path):
     runs = tmp_path / "runs"
     for seed in (0, 1):
