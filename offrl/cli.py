@@ -276,7 +276,7 @@ def _plot(args: list[str]) -> int:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("runs", nargs="+", help="run directories (or their metrics.jsonl)")
     p.add_argument("--metric", default="eval/return_mean", help="logged metric to draw (default eval/return_mean)")
-    p.add_argument("--out", default="curves.svg", help="SVG file to write (default curves.svg)")
+    p.add_argument("--out", default="curves.svg", help="figure to write: .svg (default curves.svg) or .png (matplotlib, the plot extra)")
     p.add_argument("--labels", nargs="+", default=None, help="one label per run; runs sharing a label are averaged")
     p.add_argument("--title", default=None)
     p.add_argument("--no-band", action="store_true", help="draw the lines only (no ± std band)")

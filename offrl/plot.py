@@ -1,4 +1,5 @@
-"""Learning curves from runs' ``metrics.jsonl`` as a self-contained SVG (no plotting dependency).
+"""Learning curves from runs' ``metrics.jsonl`` as a self-contained SVG (no plotting dependency), or
+as PNG through matplotlib (``--out curves.png``; the ``plot`` extra) from the same curves.
 
     offrl plot runs/iql/hopper/seed0 runs/td3_bc/hopper/seed0 --metric eval/normalized_score --out curves.svg
     offrl plot runs/a/seed0 runs/a/seed1 runs/b/seed0 --labels A A B     # same label: mean ± std over runs
@@ -221,6 +222,58 @@ def render_svg(items: list[Curve], metric: str, title: str | None = None, xlabel
     return "\n".join(out) + "\n"
 
 
+def render_png(items: list[Curve], metric: str, out: str, title: str | None = None, xlabel: str = "step") -> None:
+    """The same figure as :func:`render_svg` (the same curves, bands, phase marks and colours),
+    drawn with matplotlib and written to ``out`` as PNG, atomically. Needs the ``plot`` extra."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise OffrlError("PNG figures need matplotlib: pip install 'offrl[plot]' (or write .svg)") from None
+    fig, ax = plt.subplots(figsize=(WIDTH / 100, HEIGHT / 100), dpi=100)
+    marks: set = set()
+    for i, c in enumerate(items):
+        color = PALETTE[(i if c.color is None else c.color) % len(PALETTE)]
+        label = c.label + (f" (mean ± std of {c.runs} runs)" if c.runs > 1 else "")
+        ax.plot(c.steps, c.values, color=color, linewidth=2, label=label)
+        if c.band is not None:
+            ax.fill_between(c.steps, c.values - c.band, c.values + c.band, color=color, alpha=0.15, linewidth=0)
+        marks.update(c.boundaries)
+    for step, name in sorted(marks):
+        ax.axvline(step, color="#555", linestyle="--", linewidth=1)
+        ax.annotate(f"{name} →", (step, 1.0), xycoords=("data", "axes fraction"), xytext=(4, -14),
+                    textcoords="offset points", color="#555", fontsize=9)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(metric)
+    if title:
+        ax.set_title(title)
+    ax.grid(True, color="#e5e5e5")
+    ax.legend(loc="best", fontsize=9, framealpha=0.85)
+    fig.tight_layout()
+    folder = os.path.dirname(os.path.abspath(out))
+    try:
+        os.makedirs(folder, exist_ok=True)
+        tmp = out + ".tmp.png"
+        fig.savefig(tmp, format="png")
+        os.replace(tmp, out)
+    except OSError as e:
+        raise OffrlError(f"cannot write {out}: {e.strerror or e}") from None
+    finally:
+        plt.close(fig)
+
+
+def write_figure(out: str, items: list[Curve], metric: str, title: str | None = None, xlabel: str = "step") -> None:
+    """``out`` by its extension: .svg (offrl's renderer, no dependency) or .png (matplotlib, the ``plot`` extra)."""
+    if out.endswith(".png"):
+        render_png(items, metric, out, title, xlabel)
+    elif out.endswith(".svg"):
+        write_svg(out, render_svg(items, metric, title, xlabel=xlabel))
+    else:
+        raise OffrlError(f"--out must be an .svg or .png file, got {out}")
+
+
 def write_svg(out: str, svg: str) -> None:
     """Write ``svg`` to ``out`` atomically (a temporary file renamed into place)."""
     if not out.endswith(".svg"):
@@ -238,11 +291,11 @@ def write_svg(out: str, svg: str) -> None:
 
 def plot(runs: list[str], out: str, metric: str = "eval/return_mean", labels: list[str] | None = None,
          title: str | None = None, band: bool = True) -> dict:
-    """Write the SVG to ``out`` (atomically); returns a summary of what was drawn."""
-    if not out.endswith(".svg"):
-        raise OffrlError(f"--out must be an .svg file, got {out}")
+    """Write the figure to ``out`` (.svg, or .png with matplotlib; atomically); returns a summary of what was drawn."""
+    if not out.endswith((".svg", ".png")):
+        raise OffrlError(f"--out must be an .svg or .png file, got {out}")
     items = curves(runs, metric, labels, band)
-    write_svg(out, render_svg(items, metric, title))
+    write_figure(out, items, metric, title)
     return {"out": out, "metric": metric, "curves": [
         {"label": c.label, "runs": c.runs, "points": len(c.steps), "last_step": int(c.steps[-1]),
          "last": float(c.values[-1]), "best": float(c.values.max())} for c in items]}

@@ -284,11 +284,14 @@ def _slug(s: str) -> str:
 
 def build(paths: list[str], out: str, metric: str = "eval/normalized_score", split: list[str] | None = None,
           reps: int = 2000, seed: int = 0, include_unfinished: bool = False, title: str | None = None,
-          reference: str | None = None, expert_normalized: bool = False) -> dict:
+          reference: str | None = None, expert_normalized: bool = False, fmt: str = "svg") -> dict:
     """Read the runs, write ``out/report.md`` and its SVG figures; returns the numbers as a dict.
     ``reference``: a :func:`load_reference` file whose scores get a column of the per-task table."""
     from offrl.io import write_json, write_text
-    from offrl.plot import Curve, render_svg, write_svg
+    from offrl.plot import Curve, write_figure
+
+    if fmt not in ("svg", "png"):
+        raise OffrlError(f"--format must be svg or png, got {fmt}")
 
     references: dict = {}
     found = find_runs(paths)
@@ -401,9 +404,10 @@ def build(paths: list[str], out: str, metric: str = "eval/normalized_score", spl
         per_task = [np.array([r.last for r in cell[(a, t)]]) for t in scored if cell[(a, t)]]
         if per_task:
             profile.append(Curve(a, taus, performance_profile(per_task, taus), color=algos.index(a)))
-    write_svg(os.path.join(out, "profile.svg"),
-              render_svg(profile, "fraction of runs with score > τ", "Performance profile (last score)", xlabel="τ"))
-    lines += ["", "## Performance profile", "", "![performance profile](profile.svg)"]
+    if profile:
+        write_figure(os.path.join(out, f"profile.{fmt}"), profile, "fraction of runs with score > τ",
+                     "Performance profile (last score)", xlabel="τ")
+        lines += ["", "## Performance profile", "", f"![performance profile](profile.{fmt})"]
 
     # learning curves per task: mean ± std over seeds at the steps all seeds logged
     lines += ["", "## Learning curves", ""]
@@ -421,8 +425,8 @@ def build(paths: list[str], out: str, metric: str = "eval/normalized_score", spl
             items.append(Curve(a, np.array(common), stack.mean(0), stack.std(0) if len(rs) > 1 else None,
                                runs=len(rs), boundaries=marks, color=algos.index(a)))
         if items:
-            name = f"curves_{_slug(t)}.svg"
-            write_svg(os.path.join(out, name), render_svg(items, "eval/return_mean" if t in by_return else metric, t))
+            name = f"curves_{_slug(t)}.{fmt}"
+            write_figure(os.path.join(out, name), items, "eval/return_mean" if t in by_return else metric, t)
             lines.append(f"![{t}]({name})")
     # runtime
     lines += ["", "## Runtime", "", "| task | algorithm | wall time per run | steps/s | updates/s |", "|---|---|---|---|---|"]
@@ -460,6 +464,8 @@ def main(argv: list[str]) -> int:
     p.add_argument("--seed", type=int, default=0, help="bootstrap seed (default 0)")
     p.add_argument("--include-unfinished", action="store_true", help="report unfinished runs at their last evaluation")
     p.add_argument("--title", default=None)
+    p.add_argument("--format", default="svg", choices=["svg", "png"],
+                   help="figure format: svg (offrl's renderer, no dependency; default) or png (matplotlib, the plot extra)")
     p.add_argument("--expert-normalized", action="store_true",
                    help="score = 100·(R − R_random)/(R_expert − R_random) of eval/return_mean, with the mean episode "
                         "returns of offrl/<env>/expert-v0 and random-v0 (imitation runs)")
@@ -470,6 +476,6 @@ def main(argv: list[str]) -> int:
     if a.reps < 1:
         raise OffrlError(f"--reps must be >= 1, got {a.reps}")
     res = build(a.paths, a.out, a.metric, a.split, a.reps, a.seed, a.include_unfinished, a.title, a.reference,
-                a.expert_normalized)
+                a.expert_normalized, a.format)
     print(json.dumps({k: res[k] for k in ("out", "runs", "unfinished_left_out", "algorithms", "tasks")}))
     return 0

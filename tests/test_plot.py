@@ -74,6 +74,19 @@ def test_cli_writes_an_svg_with_one_line_per_label(tmp_path, capsys):
     assert not list(out.parent.glob("*.tmp"))
 
 
+def test_png_is_the_same_figure_through_matplotlib(tmp_path):
+    pytest.importorskip("matplotlib")
+    from offrl.plot import plot
+
+    runs = [_run(tmp_path / f"r{i}", _eval_rows([1.0 + i, 3.0, 2.0 + i])) for i in range(2)]
+    res = plot(runs, str(tmp_path / "c.png"), labels=["a", "a"])
+    data = (tmp_path / "c.png").read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5000
+    assert res["curves"][0]["runs"] == 2 and res == {**plot(runs, str(tmp_path / "c.svg"), labels=["a", "a"]),
+                                                     "out": str(tmp_path / "c.png")}
+    assert not list(tmp_path.glob("*.tmp*"))
+
+
 @pytest.mark.parametrize("case", ["missing", "metric", "labels", "damaged", "suffix"])
 def test_cli_bad_input_is_one_line(tmp_path, capsys, case):
     run = _run(tmp_path / "r", _eval_rows([1.0]))
@@ -82,14 +95,14 @@ def test_cli_bad_input_is_one_line(tmp_path, capsys, case):
             "metric": ["plot", run, "--metric", "eval/retrun_mean", "--out", out],
             "labels": ["plot", run, "--labels", "a", "b", "--out", out],
             "damaged": ["plot", run, "--out", out],
-            "suffix": ["plot", run, "--out", str(tmp_path / "o.png")]}[case]
+            "suffix": ["plot", run, "--out", str(tmp_path / "o.pdf")]}[case]
     if case == "damaged":
         with open(tmp_path / "r" / "metrics.jsonl", "a") as f:
             f.write('{"step": 20, "eval/ret')
     code, _, err = cli_main(argv, capsys)
     assert_one_line_error(code, err)
     assert {"missing": "no metrics.jsonl", "metric": "did you mean: eval/return_mean", "labels": "one label per run",
-            "damaged": "not a JSON line", "suffix": ".svg"}[case] in err
+            "damaged": "not a JSON line", "suffix": ".svg or .png"}[case] in err
     assert not (tmp_path / "o.svg").exists()
 
 

@@ -133,6 +133,20 @@ def test_tasks_without_reference_scores_duplicates_split_typos_and_config_differ
         build([str(runs)], str(tmp_path / "rep2"), split=["presett"])
 
 
+def test_png_figures_with_matplotlib(tmp_path):
+    pytest.importorskip("matplotlib")
+    runs = tmp_path / "runs"
+    for seed in (0, 1):
+        _fake_run(runs, "iql", "d/one", seed, [10.0, 50.0 + seed])
+    build([str(runs)], str(tmp_path / "rep"), reps=10, fmt="png")
+    md = (tmp_path / "rep" / "report.md").read_text()
+    for fig in ("profile.png", "curves_d_one.png"):
+        assert (tmp_path / "rep" / fig).read_bytes()[:4] == b"\x89PNG" and f"]({fig})" in md
+    assert not list((tmp_path / "rep").glob("*.svg"))
+    with pytest.raises(OffrlError, match="--format must be svg or png"):
+        build([str(runs)], str(tmp_path / "rep2"), fmt="pdf")
+
+
 def test_an_algorithm_keeps_its_colour_across_task_figures(tmp_path):
     runs = tmp_path / "runs"
     _fake_run(runs, "bc", "d/one", 0, [1.0, 2.0])
