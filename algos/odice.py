@@ -26,8 +26,8 @@ setting), state-independent log-std in [−5, 2], Adam with weight decay 1e-4; a
 Offline imitation (``--expert-dataset ID --expert-episodes K``): the first K complete episodes of
 the expert dataset plus the reward-free ``--dataset`` rows ("union"), rewards 1 on expert rows and
 0 on union rows (``--il-reward label``; this labelling is offrl's choice — the official IL script
-trains on a single expert trajectory with all rewards 0, which ``--no-union --il-reward zero``
-reproduces), with the official IL hyperparameters: λ 0.4, lr 1e-4, tanh mean, normalized states,
+trains on a single expert trajectory, the one with index T, with all rewards 0; ``--no-union --il-reward zero
+--expert-episodes 1`` trains on the first one), with the official IL hyperparameters: λ 0.4, lr 1e-4, tanh mean, normalized states,
 no LayerNorm, weight decay 1e-5 (walker2d 1e-3); the official IL runs use 500k steps.
 
 ``--update-rule true_g`` (full gradient through both V(s) and V(s')) and ``semi_g`` (target V at

@@ -38,6 +38,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -143,9 +144,11 @@ def find_runs(paths: list[str]) -> list[str]:
 
 
 def env_token(task: str) -> str:
-    """The offrl dataset family of a task: ``offrl/halfcheetah/medium-v0`` → halfcheetah, ``HalfCheetah-v5`` → halfcheetah."""
-    if task.startswith("offrl/"):
-        return task.split("/")[1]
+    """The offrl dataset family of a task: ``offrl/halfcheetah/medium-v0`` → halfcheetah, ``HalfCheetah-v5`` →
+    halfcheetah, O-DICE imitation's ``1xoffrl/halfcheetah/expert-v0+offrl/halfcheetah/random-v0`` → halfcheetah."""
+    found = re.search(r"offrl/([a-z0-9_]+)/", task)  # also inside composite ids: 1xoffrl/halfcheetah/expert-v0+…
+    if found:
+        return found.group(1)
     return task.split("-v")[0].split("/")[-1].lower()
 
 

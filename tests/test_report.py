@@ -244,3 +244,6 @@ def test_expert_normalized_scores(tmp_path, monkeypatch, data_dirs):
     assert sorted(seen) == ["HalfCheetah-v5", "offrl/halfcheetah/expert-v0"]  # once per task
     assert "expert-normalized return" in (tmp_path / "rep" / "report.md").read_text()
     assert report.env_token("HalfCheetah-v5") == report.env_token("offrl/halfcheetah/medium-v0") == "halfcheetah"
+    # O-DICE imitation's composite dataset ids (K expert episodes + the union, or the expert episodes alone)
+    assert report.env_token("1xoffrl/halfcheetah/expert-v0+offrl/halfcheetah/random-v0") == "halfcheetah"
+    assert report.env_token("10xoffrl/hopper/expert-v0") == "hopper"
