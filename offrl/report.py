@@ -183,8 +183,9 @@ def read_run(path: str, metric: str, split: list[str], expert_normalized: bool =
         meta = json.load(f)
     cfg = meta.get("config", {})
     algo = meta.get("algo", "?")
-    if split:
-        algo += "[" + ",".join(f"{k}={cfg.get(k)}" for k in split) + "]"
+    shown = [k for k in split if k in cfg]  # a key this algorithm's config lacks (e.g. famo2o's base for iql) is not shown
+    if shown:
+        algo += "[" + ",".join(f"{k}={cfg.get(k)}" for k in shown) + "]"
     data = meta.get("dataset")
     task = data["id"] if isinstance(data, dict) and data.get("id") else (meta.get("env_id") or cfg.get("env") or "?")
     summary_path = os.path.join(path, "summary.json")

@@ -129,6 +129,8 @@ def test_tasks_without_reference_scores_duplicates_split_typos_and_config_differ
     md = (tmp_path / "rep" / "report.md").read_text()
     assert "| InvertedPendulum-v5 (return) | ppo | 2 |" in md
     assert "the 2 runs of ppo on InvertedPendulum-v5 differ in lr" in md and "population std" in md
+    split = build([str(runs)], str(tmp_path / "rep3"), reps=10, split=["lr"])  # only one ppo run's config has lr
+    assert sorted(split["algorithms"]) == ["iql", "ppo", "ppo[lr=0.001]"]
     with pytest.raises(OffrlError, match=r"--split presett: no run's config has it"):
         build([str(runs)], str(tmp_path / "rep2"), split=["presett"])
 
