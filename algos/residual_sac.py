@@ -340,7 +340,9 @@ class ResidualSAC(SAC):
             a = b + self.cfg.warmup_noise * torch.as_tensor(np.asarray(noise, np.float32), device=self.device)
         else:
             a = b + self.residual(self.normalize_obs(x), b, deterministic=False)
-        return self.execute(b_env, b, a).cpu().numpy(), {"act": a.cpu().numpy(), "base_act": b.cpu().numpy()}
+        out = torch.cat([self.execute(b_env, b, a), a, b], -1).cpu().numpy()  # one device→host copy, not three
+        env_a, stored, base = (np.ascontiguousarray(part) for part in np.split(out, 3, axis=-1))
+        return env_a, {"act": stored, "base_act": base}
 
     def explore(self, obs):
         return self.behaviour(obs)[0]
