@@ -423,7 +423,7 @@ class TrainingSink:
         obs, act, rew, next_obs, done = absorbing_rows(tr.obs, tr.act, tr.rew, tr.next_obs, tr.term, cfg.absorbing)
         if cfg.disc_mode == "dac" and cfg.dac_rewards == "stored":
             dev = self.agent.device
-            rew = self.agent.reward(torch.as_tensor(obs, device=dev), torch.as_tensor(act, device=dev)).cpu().numpy()
+            rew = self.agent.reward(torch.as_tensor(obs, device=dev), torch.as_tensor(act, device=dev))  # stays on the device
         self.buffer.add(obs, act, rew, next_obs, done)
 
 
