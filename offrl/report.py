@@ -188,6 +188,10 @@ def read_run(path: str, metric: str, split: list[str], expert_normalized: bool =
         algo += "[" + ",".join(f"{k}={cfg.get(k)}" for k in shown) + "]"
     data = meta.get("dataset")
     task = data["id"] if isinstance(data, dict) and data.get("id") else (meta.get("env_id") or cfg.get("env") or "?")
+    if expert_normalized and meta.get("env_id"):
+        # imitation: the task is the env, so BC / O-DICE on the demos (a dataset task) and AILBoost in
+        # that env (an env task) share a row group, the aggregates and the curves
+        task = meta["env_id"]
     summary_path = os.path.join(path, "summary.json")
     finished = os.path.isfile(summary_path)
     if expert_normalized:
@@ -472,7 +476,8 @@ def main(argv: list[str]) -> int:
                    help="figure format: svg (offrl's renderer, no dependency; default) or png (matplotlib, the plot extra)")
     p.add_argument("--expert-normalized", action="store_true",
                    help="score = 100·(R − R_random)/(R_expert − R_random) of eval/return_mean, with the mean episode "
-                        "returns of offrl/<env>/expert-v0 and random-v0 (imitation runs)")
+                        "returns of offrl/<env>/expert-v0 and random-v0 (imitation runs; each run's task is then its env, "
+                        "so offline runs on the demos and online runs in the env share rows)")
     p.add_argument("--reference", default=None, metavar="FILE",
                    help='reference scores for a column of the per-task table: JSON {"label": ..., "note": ..., '
                         '"scores": {algo: {task: score}}} (e.g. docs/results/d4rl_reference.json)')

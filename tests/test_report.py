@@ -56,11 +56,12 @@ def test_performance_profile_by_hand():
     np.testing.assert_allclose(prof, [1.0, (0.5 + 0.75) / 2, (0.0 + 0.5) / 2, 0.0])
 
 
-def _fake_run(root, algo, task, seed, scores, returns=None, finished=True, online=False, extra_cfg=None, o2o=None):
+def _fake_run(root, algo, task, seed, scores, returns=None, finished=True, online=False, extra_cfg=None, o2o=None,
+              env_id="X-v5"):
     d = root / f"{algo}-{task.replace('/', '_')}-{seed}"
     d.mkdir(parents=True)
     cfg = {"seed": seed, **(extra_cfg or {})}
-    meta = {"algo": algo, "config": cfg, "dataset": None if online else {"id": task}, "env_id": task if online else "X-v5"}
+    meta = {"algo": algo, "config": cfg, "dataset": None if online else {"id": task}, "env_id": task if online else env_id}
     (d / "config.json").write_text(json.dumps(meta))
     returns = returns or [10 * s for s in scores]
     with open(d / "metrics.jsonl", "w") as f:
@@ -229,7 +230,7 @@ def test_expert_normalized_scores(tmp_path, monkeypatch, data_dirs):
 
     runs = tmp_path / "runs"
     _fake_run(runs, "ailboost", "HalfCheetah-v5", 0, [1.0, 2.0], returns=[100.0, 550.0], online=True)
-    _fake_run(runs, "bc", "offrl/halfcheetah/expert-v0", 0, [1.0, 2.0], returns=[1000.0, 325.0])
+    _fake_run(runs, "bc", "offrl/halfcheetah/expert-v0", 0, [1.0, 2.0], returns=[1000.0, 325.0], env_id="HalfCheetah-v5")
     with pytest.raises(OffrlError, match="needs offrl/halfcheetah/random-v0 for .*offrl datasets make"):
         build([str(runs)], str(tmp_path / "rep0"), reps=10, expert_normalized=True)
     seen = []
@@ -241,9 +242,13 @@ def test_expert_normalized_scores(tmp_path, monkeypatch, data_dirs):
     monkeypatch.setattr(report, "imitation_references", refs)
     res = build([str(runs)], str(tmp_path / "rep"), reps=10, expert_normalized=True)
     assert res["table"]["ailboost|HalfCheetah-v5"]["last_mean"] == pytest.approx(50.0)  # (550 − 100) / 900
-    assert res["table"]["bc|offrl/halfcheetah/expert-v0"]["last_mean"] == pytest.approx(25.0)
-    assert res["table"]["bc|offrl/halfcheetah/expert-v0"]["best_mean"] == pytest.approx(100.0)  # the highest return
-    assert sorted(seen) == ["HalfCheetah-v5", "offrl/halfcheetah/expert-v0"]  # once per task
+    # the offline run on the demos is grouped under its env, next to the online imitation run
+    assert sorted(res["table"]) == ["ailboost|HalfCheetah-v5", "bc|HalfCheetah-v5"]
+    assert res["table"]["bc|HalfCheetah-v5"]["last_mean"] == pytest.approx(25.0)
+    assert res["table"]["bc|HalfCheetah-v5"]["best_mean"] == pytest.approx(100.0)  # the highest return
+    assert seen == ["HalfCheetah-v5"]  # once per task
+    plain = build([str(runs)], str(tmp_path / "rep1"), reps=10)  # without --expert-normalized: the dataset is the task
+    assert sorted(plain["table"]) == ["ailboost|HalfCheetah-v5", "bc|offrl/halfcheetah/expert-v0"]
     assert "expert-normalized return" in (tmp_path / "rep" / "report.md").read_text()
     assert report.env_token("HalfCheetah-v5") == report.env_token("offrl/halfcheetah/medium-v0") == "halfcheetah"
     # O-DICE imitation's composite dataset ids (K expert episodes + the union, or the expert episodes alone)
