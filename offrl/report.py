@@ -16,7 +16,9 @@ runs × tasks of one algorithm,
 
 * **IQM**: the mean of the middle 50 % of all run scores pooled (``trim_mean(·, 0.25)``);
 * **mean** and **median**: of the per-task mean scores;
-* **optimality gap**: γ − mean(min(score, γ)) with γ = 100 (lower is better);
+* **optimality gap**: γ − mean(min(score, γ)), lower is better. γ = 100 for normalized scores, 1 for a
+  success rate (``--metric eval/success_rate``), ``--gamma`` to set it; other metrics (raw returns) have
+  no target level, so the gap is left out unless ``--gamma`` gives one;
 * 95 % **stratified bootstrap** intervals: each replicate resamples, task by task, that task's
   runs with replacement, and recomputes the aggregate; the interval is the 2.5 and 97.5
   percentiles of ``--reps`` replicates (seeded, so a report is reproducible);
@@ -56,8 +58,8 @@ def iqm(scores: np.ndarray) -> float:
     return float(x[k:x.size - k].mean())
 
 
-def aggregate(name: str, per_task: list[np.ndarray]) -> float:
-    """One aggregate of a list of per-task score arrays (runs of that task)."""
+def aggregate(name: str, per_task: list[np.ndarray], gamma: float = GAMMA) -> float:
+    """One aggregate of a list of per-task score arrays (runs of that task); ``gamma``: the optimality-gap threshold."""
     if name == "iqm":
         return iqm(np.concatenate(per_task))
     if name == "mean":
@@ -65,7 +67,7 @@ def aggregate(name: str, per_task: list[np.ndarray]) -> float:
     if name == "median":
         return float(np.median([t.mean() for t in per_task]))
     if name == "optimality_gap":
-        return float(GAMMA - np.mean(np.minimum(np.concatenate(per_task), GAMMA)))
+        return float(gamma - np.mean(np.minimum(np.concatenate(per_task), gamma)))
     raise ValueError(name)
 
 
@@ -73,13 +75,13 @@ AGGREGATES = ("iqm", "mean", "median", "optimality_gap")
 
 
 def stratified_bootstrap(per_task: list[np.ndarray], name: str, reps: int = 2000, seed: int = 0,
-                         alpha: float = 0.05) -> tuple[float, float]:
+                         alpha: float = 0.05, gamma: float = GAMMA) -> tuple[float, float]:
     """(low, high) percentile interval of ``aggregate(name)`` over ``reps`` stratified resamples.
     Replicate r draws, for each task j in order, ``rng.integers(0, n_j, n_j)`` (n_j: runs of task j)."""
     rng = np.random.default_rng(seed)
     values = np.empty(reps)
     for r in range(reps):
-        values[r] = aggregate(name, [t[rng.integers(0, t.size, t.size)] for t in per_task])
+        values[r] = aggregate(name, [t[rng.integers(0, t.size, t.size)] for t in per_task], gamma)
     return float(np.percentile(values, 100 * alpha / 2)), float(np.percentile(values, 100 * (1 - alpha / 2)))
 
 
@@ -278,12 +280,24 @@ def config_differences(cell: dict, split: list[str]) -> list[str]:
     return notes
 
 
-def _pm(x: np.ndarray) -> str:
-    return f"{x.mean():.1f} ± {x.std():.1f}" if x.size > 1 else f"{x.mean():.1f}"
+def _pm(x: np.ndarray, digits: int = 1) -> str:
+    return f"{x.mean():.{digits}f} ± {x.std():.{digits}f}" if x.size > 1 else f"{x.mean():.{digits}f}"
 
 
-def _ci(value: float, lo: float, hi: float) -> str:
-    return f"{value:.1f} [{lo:.1f}, {hi:.1f}]"
+def _ci(value: float, lo: float, hi: float, digits: int = 1) -> str:
+    return f"{value:.{digits}f} [{lo:.{digits}f}, {hi:.{digits}f}]"
+
+
+def score_scale(metric: str, expert_normalized: bool = False, gamma: float | None = None) -> tuple[float | None, int]:
+    """(optimality-gap threshold γ, decimals shown) of a report's score: normalized scores (γ = 100, 1 decimal),
+    success rates in [0, 1] (γ = 1, 2 decimals), anything else (no γ unless given, 1 decimal)."""
+    rate = metric.rsplit("/", 1)[-1].endswith("rate") and not expert_normalized
+    if gamma is None:
+        if expert_normalized or metric == "eval/normalized_score":
+            gamma = GAMMA
+        elif rate:
+            gamma = 1.0
+    return gamma, 2 if rate else 1
 
 
 def _slug(s: str) -> str:
@@ -292,15 +306,18 @@ def _slug(s: str) -> str:
 
 def build(paths: list[str], out: str, metric: str = "eval/normalized_score", split: list[str] | None = None,
           reps: int = 2000, seed: int = 0, include_unfinished: bool = False, title: str | None = None,
-          reference: str | None = None, expert_normalized: bool = False, fmt: str = "svg") -> dict:
+          reference: str | None = None, expert_normalized: bool = False, fmt: str = "svg",
+          gamma: float | None = None) -> dict:
     """Read the runs, write ``out/report.md`` and its SVG figures; returns the numbers as a dict.
-    ``reference``: a :func:`load_reference` file whose scores get a column of the per-task table."""
+    ``reference``: a :func:`load_reference` file whose scores get a column of the per-task table.
+    ``gamma``: the optimality-gap threshold (default: :func:`score_scale` of the metric)."""
     from offrl.io import write_json, write_text
     from offrl.plot import Curve, write_figure
 
     if fmt not in ("svg", "png"):
         raise OffrlError(f"--format must be svg or png, got {fmt}")
 
+    gamma, digits = score_scale(metric, expert_normalized, gamma)
     references: dict = {}
     found = find_runs(paths)
     _check_split(found, split or [])
@@ -356,8 +373,8 @@ def build(paths: list[str], out: str, metric: str = "eval/normalized_score", spl
             ref_cell = ""
             if ref:
                 value = ref["scores"].get(a.split("[")[0], {}).get(t)
-                ref_cell = f" {value:.1f} |" if isinstance(value, (int, float)) else " – |"
-            lines.append(f"| {t}{' (return)' if t in by_return else ''} | {a} | {len(rs)} | {', '.join(f'{b:,}' for b in budget)} | {_pm(last)} | {_pm(best)} | {_pm(area)} |{ref_cell}")
+                ref_cell = f" {value:.{digits}f} |" if isinstance(value, (int, float)) else " – |"
+            lines.append(f"| {t}{' (return)' if t in by_return else ''} | {a} | {len(rs)} | {', '.join(f'{b:,}' for b in budget)} | {_pm(last, digits)} | {_pm(best, digits)} | {_pm(area, digits)} |{ref_cell}")
             table[f"{a}|{t}"] = {"runs": len(rs), "seeds": len({r.seed for r in rs}), "score": "eval/return_mean" if t in by_return else metric,
                                  "last_mean": float(last.mean()), "last_std": float(last.std()),
                                  "best_mean": float(best.mean()), "best_std": float(best.std()),
@@ -389,24 +406,29 @@ def build(paths: list[str], out: str, metric: str = "eval/normalized_score", spl
 
     # aggregates over tasks (the last score), with stratified bootstrap intervals
     agg = {}
-    lines += ["", f"## Aggregates over tasks (last score, 95 % stratified bootstrap CI, {reps} replicates)", "",
-              "| algorithm | tasks | runs | IQM | mean | median | optimality gap ↓ |", "|---|---|---|---|---|---|---|"]
+    names = AGGREGATES if gamma is not None else tuple(n for n in AGGREGATES if n != "optimality_gap")
+    lines += ["", f"## Aggregates over tasks (last score, 95 % stratified bootstrap CI, {reps} replicates)", ""]
+    if gamma is None:
+        lines += [f"No optimality gap: {metric} has no target level (`--gamma` sets one).", ""]
+    lines += ["| algorithm | tasks | runs | IQM | mean | median |" + (f" optimality gap (γ = {gamma:g}) ↓ |" if gamma is not None else ""),
+              "|---|---|---|---|---|---|" + ("---|" if gamma is not None else "")]
     scored = [t for t in tasks if t not in by_return]  # one scale: tasks scored by their return are left out
     for a in algos:
         per_task = [np.array([r.last for r in cell[(a, t)]]) for t in scored if cell[(a, t)]]
         if not per_task:
             continue
         row = {}
-        for name in AGGREGATES:
-            lo, hi = stratified_bootstrap(per_task, name, reps, seed)
-            row[name] = {"value": aggregate(name, per_task), "low": lo, "high": hi}
+        for name in names:
+            lo, hi = stratified_bootstrap(per_task, name, reps, seed, gamma=gamma if gamma is not None else GAMMA)
+            row[name] = {"value": aggregate(name, per_task, gamma if gamma is not None else GAMMA), "low": lo, "high": hi}
         agg[a] = row
         lines.append(f"| {a} | {len(per_task)} | {sum(t.size for t in per_task)} | "
-                     + " | ".join(_ci(row[n]["value"], row[n]["low"], row[n]["high"]) for n in AGGREGATES) + " |")
+                     + " | ".join(_ci(row[n]["value"], row[n]["low"], row[n]["high"], digits) for n in names) + " |")
 
     # performance profile
     all_scores = np.array([r.last for r in records if r.task not in by_return] or [0.0])
-    taus = np.linspace(min(0.0, float(all_scores.min())), max(100.0, float(all_scores.max())), 101)
+    top = gamma if gamma is not None else 0.0
+    taus = np.linspace(min(0.0, float(all_scores.min())), max(top, float(all_scores.max())), 101)
     profile = []
     for a in algos:
         per_task = [np.array([r.last for r in cell[(a, t)]]) for t in scored if cell[(a, t)]]
@@ -454,7 +476,7 @@ def build(paths: list[str], out: str, metric: str = "eval/normalized_score", spl
               "them only within one sweep. A run trained with stacked seeds (`--seeds`, `--stack-seeds`) counts its "
               "share: the process's time divided by its number of seeds.", ""]
     write_text(os.path.join(out, "report.md"), "\n".join(lines))
-    result = {"out": out, "runs": len(records), "unfinished_left_out": len(skipped), "metric": metric,
+    result = {"out": out, "runs": len(records), "unfinished_left_out": len(skipped), "metric": metric, "gamma": gamma,
               "scored_by_return": by_return,
               "algorithms": algos, "tasks": tasks, "table": table, "aggregates": agg, "runtime": runtime, "o2o": o2o}
     write_json(os.path.join(out, "report.json"), result, indent=1)
@@ -481,10 +503,13 @@ def main(argv: list[str]) -> int:
     p.add_argument("--reference", default=None, metavar="FILE",
                    help='reference scores for a column of the per-task table: JSON {"label": ..., "note": ..., '
                         '"scores": {algo: {task: score}}} (e.g. docs/results/d4rl_reference.json)')
+    p.add_argument("--gamma", type=float, default=None,
+                   help="optimality-gap threshold (default 100 for normalized scores, 1 for a *rate metric such as "
+                        "eval/success_rate, none for other metrics: the gap is then left out)")
     a = p.parse_args(argv)
     if a.reps < 1:
         raise OffrlError(f"--reps must be >= 1, got {a.reps}")
     res = build(a.paths, a.out, a.metric, a.split, a.reps, a.seed, a.include_unfinished, a.title, a.reference,
-                a.expert_normalized, a.format)
+                a.expert_normalized, a.format, a.gamma)
     print(json.dumps({k: res[k] for k in ("out", "runs", "unfinished_left_out", "algorithms", "tasks")}))
     return 0

@@ -254,3 +254,34 @@ def test_expert_normalized_scores(tmp_path, monkeypatch, data_dirs):
     # O-DICE imitation's composite dataset ids (K expert episodes + the union, or the expert episodes alone)
     assert report.env_token("1xoffrl/halfcheetah/expert-v0+offrl/halfcheetah/random-v0") == "halfcheetah"
     assert report.env_token("10xoffrl/hopper/expert-v0") == "hopper"
+
+
+def _rate_run(root, algo, task, seed, rates):
+    d = root / f"{algo}-{seed}"
+    d.mkdir(parents=True)
+    (d / "config.json").write_text(json.dumps({"algo": algo, "config": {"seed": seed}, "dataset": {"id": task},
+                                               "env_id": "FetchPush-v4"}))
+    with open(d / "metrics.jsonl", "w") as f:
+        for i, r in enumerate(rates):
+            f.write(json.dumps({"step": 100 * (i + 1), "eval/success_rate": r, "eval/return_mean": -50 + 50 * r,
+                                "eval/normalized_score": None}) + "\n")
+    (d / "summary.json").write_text(json.dumps({"steps": 100 * len(rates), "updates": 0, "seconds": 1.0}))
+
+
+def test_success_rates_get_a_gap_at_one_and_raw_returns_none(tmp_path):
+    runs = tmp_path / "runs"
+    _rate_run(runs, "residual_sac", "push", 0, [0.40, 0.64])
+    _rate_run(runs, "residual_sac", "push", 1, [0.50, 0.56])
+    res = build([str(runs)], str(tmp_path / "rep"), metric="eval/success_rate", reps=20)
+    assert res["gamma"] == 1.0
+    # gap = 1 - mean(min(x, 1)) over the two last rates 0.64 and 0.56
+    assert res["aggregates"]["residual_sac"]["optimality_gap"]["value"] == pytest.approx(1 - (0.64 + 0.56) / 2)
+    md = (tmp_path / "rep" / "report.md").read_text()
+    assert "| push | residual_sac | 2 | 200 | 0.60 ± 0.04 |" in md and "optimality gap (γ = 1) ↓" in md
+    # a raw return has no target level: no gap column, no gap number, unless --gamma gives one
+    res = build([str(runs)], str(tmp_path / "rep2"), metric="eval/return_mean", reps=20)
+    assert res["gamma"] is None and "optimality_gap" not in res["aggregates"]["residual_sac"]
+    md = (tmp_path / "rep2" / "report.md").read_text()
+    assert "optimality gap" not in md.split("No optimality gap")[1] and "No optimality gap" in md
+    res = build([str(runs)], str(tmp_path / "rep3"), metric="eval/return_mean", reps=20, gamma=0.0)
+    assert res["aggregates"]["residual_sac"]["optimality_gap"]["value"] == pytest.approx(0.0 - (-18.0 + -22.0) / 2)
