@@ -45,6 +45,7 @@ from __future__ import annotations
 import copy
 import math
 import re
+import time
 from dataclasses import dataclass
 from typing import Literal
 
@@ -56,6 +57,7 @@ from offrl.agent import Agent
 from offrl.algos.iql import expectile_loss
 from offrl.algos.ppo import NormalizedRolloutSink, explained_variance, ppo_losses
 from offrl.errors import OffrlError, check
+from offrl.logger import format_duration
 from offrl.models import DynamicsTrainer, EnsembleDynamics, dynamics_targets, termination_fn
 from offrl.nets import MLP, EnsembleCritic, EnsembleMLP, ValueNet, orthogonal_init_, soft_update_
 from offrl.registry import Algorithm, register
@@ -631,11 +633,12 @@ class UniO4(Agent):
         return adv if self.cfg.critic == "iql" else weighted_advantage(adv, self.cfg.omega)
 
     # ------------------------------------------------------------------ 2. dynamics model
-    def dynamics_epoch(self) -> tuple[dict[str, torch.Tensor], bool]:
-        """One epoch of the OPE model on the raw rows; (metrics, finished)."""
+    def dynamics_epoch(self, on_batch=None) -> tuple[dict[str, torch.Tensor], bool]:
+        """One epoch of the OPE model on the raw rows; (metrics, finished). ``on_batch(done, total)``:
+        called after every minibatch (the stage reports progress inside the epoch with it)."""
         buf = self.buffer
         inputs, targets = dynamics_targets(buf.observations, buf.actions, buf.column("rew"), buf.column("next_obs"))
-        metrics = self.model_trainer.epoch(inputs, targets, self.generator)
+        metrics = self.model_trainer.epoch(inputs, targets, self.generator, on_batch)
         return metrics, self.model_trainer.done
 
     # ------------------------------------------------------------------ 3. BC ensemble
@@ -948,7 +951,14 @@ class DynamicsStage(Phase):
         run.agent.begin_stage("dynamics")
 
     def advance(self, run) -> int:
-        metrics, done = run.agent.dynamics_epoch()
+        epoch, t0 = run.agent.model_trainer.epochs + 1, time.monotonic()
+
+        def report(done: int, total: int) -> None:  # a 1M-row epoch takes minutes on a CPU: say where it is
+            rate = done / max(time.monotonic() - t0, 1e-9)
+            run.logger.tick(f"dynamics epoch {epoch} (at most {self.steps}): batch {done}/{total}, "
+                            f"{rate:.1f} batches/s, epoch ETA {format_duration((total - done) / rate)}")
+
+        metrics, done = run.agent.dynamics_epoch(report)
         run.acc.add(metrics)
         self.updates += 1
         return self.steps - (self.updates - 1) if done else 1

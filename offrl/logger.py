@@ -155,6 +155,20 @@ class Logger:
                 self.bar.write(self._heartbeat(now), file=sys.stderr)
                 self._beat_time, self._beat_step = now, self.step
 
+    def tick(self, detail: str) -> None:
+        """Progress inside one long global step (e.g. a dynamics-model epoch over a million rows):
+        with a bar, ``detail`` becomes its postfix; without one, a heartbeat line ending in ``detail``
+        when one is due, so a log never goes quiet for longer than ``heartbeat_seconds``."""
+        if not self.bar.disable:
+            self.bar.set_postfix_str(detail)
+            return
+        if self.heartbeat_seconds > 0:
+            now = time.monotonic()
+            if now - self._beat_time >= self.heartbeat_seconds:
+                head = f"[{self.desc}] step {self.step}/{self.total_steps}" + (f" | phase {self.phase}" if self.phase else "")
+                self.bar.write(f"{head} | {detail}", file=sys.stderr)
+                self._beat_time, self._beat_step = now, self.step
+
     def _heartbeat(self, now: float) -> str:
         rate = (self.step - self._beat_step) / (now - self._beat_time)
         parts = [f"[{self.desc}] step {self.step}/{self.total_steps}"

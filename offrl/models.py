@@ -213,8 +213,10 @@ class DynamicsTrainer:
         mean, _ = self.model(x)
         return (mean - targets[self.holdout_idx]).square().mean(dim=(1, 2))
 
-    def epoch(self, inputs: torch.Tensor, targets: torch.Tensor, generator: torch.Generator) -> dict[str, torch.Tensor]:
-        """One pass over each member's resample, then the holdout check; sets ``done`` at the end."""
+    def epoch(self, inputs: torch.Tensor, targets: torch.Tensor, generator: torch.Generator,
+              on_batch=None) -> dict[str, torch.Tensor]:
+        """One pass over each member's resample, then the holdout check; sets ``done`` at the end.
+        ``on_batch(done, total)``, if given, is called after every minibatch (progress reporting)."""
         model, d = self.model, self.model.obs_dim
         if self.boot is None:
             self.start(inputs, generator)
@@ -234,6 +236,8 @@ class DynamicsTrainer:
             self.optimizer.step()
             total = total + loss.detach()
             batches += 1
+            if on_batch is not None:
+                on_batch(batches, -(-size // self.batch_size))
         model.eval()
         new = self.validate(inputs, targets)
         # re-shuffle each member's resample (the official shuffle_rows)

@@ -235,6 +235,30 @@ def test_heartbeat_falls_back_to_the_eval_return_and_handles_a_stall(tmp_path, c
     log.close()
 
 
+def test_tick_reports_inside_a_long_step(tmp_path, clock, capsys):
+    log = Logger(str(tmp_path), total_steps=15, start_step=5, progress=False, desc="unio4", tensorboard=False,
+                 heartbeat_seconds=30.0)
+    log.phase = "dynamics"
+    clock.t = 10.0
+    log.tick("epoch 1: batch 100/3906")  # not due yet
+    assert capsys.readouterr().err == ""
+    clock.t = 31.0
+    log.tick("epoch 1: batch 300/3906")
+    assert capsys.readouterr().err == "[unio4] step 5/15 | phase dynamics | epoch 1: batch 300/3906\n"
+    clock.t = 50.0
+    log.tick("epoch 1: batch 500/3906")  # 19 s since that line
+    assert capsys.readouterr().err == ""
+    clock.t = 61.0
+    log.advance(6)  # the next heartbeat's rate counts from the tick's line: 1 step in 30 s
+    assert capsys.readouterr().err.startswith("[unio4] step 6/15 (40.0%) | phase dynamics | 0.0 steps/s")
+    log.close()
+    bar = Logger(str(tmp_path / "bar"), total_steps=10, progress=True, desc="bar", tensorboard=False, heartbeat_seconds=1.0)
+    clock.t = 100.0
+    bar.tick("epoch 1: batch 1/2")
+    bar.close()
+    assert "[bar] step" not in capsys.readouterr().err
+
+
 def test_no_heartbeat_when_turned_off(tmp_path, clock, capsys):
     log = Logger(str(tmp_path), total_steps=1000, progress=False, tensorboard=False, heartbeat_seconds=0)
     for i in range(1, 6):

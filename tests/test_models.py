@@ -133,8 +133,11 @@ def test_trainer_stops_after_epochs_without_improvement_and_resumes_exactly():
     assert t1.epochs == 6  # max_epochs
     m2, t2 = make()
     g2 = torch.Generator().manual_seed(3)
-    for _ in range(3):
-        t2.epoch(inputs, targets, g2)
+    calls = []
+    for _ in range(3):  # with the progress callback: it sees every minibatch and changes nothing
+        t2.epoch(inputs, targets, g2, on_batch=lambda done, total: calls.append((done, total)))
+    # 600 rows, 120 held out, 480 per member's resample, batches of 64: 8 per epoch
+    assert calls == [(i, 8) for i in range(1, 9)] * 3
     saved = ({k: v.clone() for k, v in m2.state_dict().items()}, t2.optimizer.state_dict(), t2.state_dict(), g2.get_state())
     m3, t3 = make()
     m3.load_state_dict(saved[0])

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -475,9 +476,11 @@ def test_script_help_and_cli_run(use_scripted, tmp_path):
             "--member-eval-every", "8", "--member-eval-episodes", "1", "--reward-scale", "none", "--online-steps", "64",
             "--online-num-steps", "32", "--online-minibatch", "16", "--online-epochs", "1", "--batch-size", "16",
             "--eval-every", "1000", "--eval-episodes", "1", "--log-every", "4", "--threads", "1", "--progress", "False",
-            "--run-dir", str(run_dir)]
+            "--heartbeat-seconds", "1e-9", "--run-dir", str(run_dir)]
     out = subprocess.run([sys.executable, script, *args], capture_output=True, text=True, cwd=ROOT, env=env)
     assert out.returncode == 0, out.stderr
+    # progress inside a dynamics epoch (one global step that takes minutes on a 1M-row dataset)
+    assert re.search(r"\| phase dynamics \| dynamics epoch 1 \(at most 2\): batch 1/\d+, [\d.]+ batches/s, epoch ETA", out.stderr), out.stderr
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary == json.loads(out.stdout.strip().splitlines()[-1])
     assert [p["name"] for p in summary["phases"]] == ["critic", "dynamics", "bc", "improve", "online"]  # no value re-fit
