@@ -127,6 +127,7 @@ class Logger:
         self.last_score: float | None = None
         self.last_return: float | None = None
         self.phase: str | None = None
+        self.phase_end: int | None = None  # the step the current phase ends at, in runs of several phases
         self.desc, self.total_steps, self.heartbeat_seconds = desc, total_steps, heartbeat_seconds
         self._beat_time, self._beat_step = time.monotonic(), start_step
 
@@ -174,7 +175,10 @@ class Logger:
         parts = [f"[{self.desc}] step {self.step}/{self.total_steps}"
                  + (f" ({100.0 * self.step / self.total_steps:.1f}%)" if self.total_steps > 0 else "")]
         if self.phase is not None:
-            parts.append(f"phase {self.phase}")
+            if self.phase_end is not None and rate > 0:  # the overall ETA assumes this phase's rate for all of them
+                parts.append(f"phase {self.phase} (ends in {format_duration(max(self.phase_end - self.step, 0) / rate)})")
+            else:
+                parts.append(f"phase {self.phase}")
         parts.append(f"{rate:.1f} steps/s")
         left = max(self.total_steps - self.step, 0)
         parts.append(f"ETA {format_duration(left / rate)}" if rate > 0 else "ETA ?")

@@ -390,6 +390,8 @@ class Run:
                     phase = self.phases[index]
                     self.phase_index = index
                     self.logger.phase = phase.name
+                    # runs of several phases at different speeds (Uni-O4: critic, dynamics, ...): a per-phase ETA
+                    self.logger.phase_end = self.phase_start + phase.steps if len(self.phases) > 1 else None
                     self.agent.begin_phase(phase.kind, phase.steps)
                     try:
                         phase.begin(self)

@@ -235,6 +235,15 @@ def test_heartbeat_falls_back_to_the_eval_return_and_handles_a_stall(tmp_path, c
     log.close()
 
 
+def test_heartbeat_of_a_run_of_several_phases_gives_the_phase_eta(tmp_path, clock, capsys):
+    log = Logger(str(tmp_path), total_steps=1000, progress=False, desc="unio4", tensorboard=False, heartbeat_seconds=10.0)
+    log.phase, log.phase_end = "critic", 300
+    clock.t = 10.0
+    log.advance(100)  # 10 steps/s: 200 steps of this phase left → 20 s; 900 overall → 90 s at this rate
+    assert capsys.readouterr().err == "[unio4] step 100/1000 (10.0%) | phase critic (ends in 20s) | 10.0 steps/s | ETA 1m30s\n"
+    log.close()
+
+
 def test_tick_reports_inside_a_long_step(tmp_path, clock, capsys):
     log = Logger(str(tmp_path), total_steps=15, start_step=5, progress=False, desc="unio4", tensorboard=False,
                  heartbeat_seconds=30.0)
