@@ -166,14 +166,18 @@ class Logger:
         if self.heartbeat_seconds > 0:
             now = time.monotonic()
             if now - self._beat_time >= self.heartbeat_seconds:
-                head = f"[{self.desc}] step {self.step}/{self.total_steps}" + (f" | phase {self.phase}" if self.phase else "")
-                self.bar.write(f"{head} | {detail}", file=sys.stderr)
+                parts = [self._position()] + ([f"phase {self.phase}"] if self.phase is not None else []) + [detail]
+                self.bar.write(" | ".join(parts), file=sys.stderr)
                 self._beat_time, self._beat_step = now, self.step
+
+    def _position(self) -> str:
+        """``[desc] step 12000/1000000 (1.2%)``: the head of every heartbeat line."""
+        return (f"[{self.desc}] step {self.step}/{self.total_steps}"
+                + (f" ({100.0 * self.step / self.total_steps:.1f}%)" if self.total_steps > 0 else ""))
 
     def _heartbeat(self, now: float) -> str:
         rate = (self.step - self._beat_step) / (now - self._beat_time)
-        parts = [f"[{self.desc}] step {self.step}/{self.total_steps}"
-                 + (f" ({100.0 * self.step / self.total_steps:.1f}%)" if self.total_steps > 0 else "")]
+        parts = [self._position()]
         if self.phase is not None:
             if self.phase_end is not None and rate > 0:  # the overall ETA assumes this phase's rate for all of them
                 parts.append(f"phase {self.phase} (ends in {format_duration(max(self.phase_end - self.step, 0) / rate)})")

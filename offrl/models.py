@@ -224,7 +224,7 @@ class DynamicsTrainer:
         rows = self.train_idx[self.boot]  # [E, size]
         size = rows.shape[1]
         total = torch.zeros((), device=inputs.device)
-        batches = 0
+        batches, n_batches = 0, -(-size // self.batch_size)
         for start in range(0, size, self.batch_size):
             idx = rows[:, start: start + self.batch_size]
             x, y = inputs[idx], targets[idx]  # [E, b, ·]
@@ -237,7 +237,7 @@ class DynamicsTrainer:
             total = total + loss.detach()
             batches += 1
             if on_batch is not None:
-                on_batch(batches, -(-size // self.batch_size))
+                on_batch(batches, n_batches)
         model.eval()
         new = self.validate(inputs, targets)
         # re-shuffle each member's resample (the official shuffle_rows)

@@ -58,8 +58,9 @@ def iqm(scores: np.ndarray) -> float:
     return float(x[k:x.size - k].mean())
 
 
-def aggregate(name: str, per_task: list[np.ndarray], gamma: float = GAMMA) -> float:
-    """One aggregate of a list of per-task score arrays (runs of that task); ``gamma``: the optimality-gap threshold."""
+def aggregate(name: str, per_task: list[np.ndarray], gamma: float | None = GAMMA) -> float:
+    """One aggregate of a list of per-task score arrays (runs of that task); ``gamma``: the optimality-gap
+    threshold (only the gap uses it; it has none to give with ``gamma=None``)."""
     if name == "iqm":
         return iqm(np.concatenate(per_task))
     if name == "mean":
@@ -67,6 +68,8 @@ def aggregate(name: str, per_task: list[np.ndarray], gamma: float = GAMMA) -> fl
     if name == "median":
         return float(np.median([t.mean() for t in per_task]))
     if name == "optimality_gap":
+        if gamma is None:
+            raise ValueError("the optimality gap needs a threshold gamma")
         return float(gamma - np.mean(np.minimum(np.concatenate(per_task), gamma)))
     raise ValueError(name)
 
@@ -75,7 +78,7 @@ AGGREGATES = ("iqm", "mean", "median", "optimality_gap")
 
 
 def stratified_bootstrap(per_task: list[np.ndarray], name: str, reps: int = 2000, seed: int = 0,
-                         alpha: float = 0.05, gamma: float = GAMMA) -> tuple[float, float]:
+                         alpha: float = 0.05, gamma: float | None = GAMMA) -> tuple[float, float]:
     """(low, high) percentile interval of ``aggregate(name)`` over ``reps`` stratified resamples.
     Replicate r draws, for each task j in order, ``rng.integers(0, n_j, n_j)`` (n_j: runs of task j)."""
     rng = np.random.default_rng(seed)
@@ -419,8 +422,8 @@ def build(paths: list[str], out: str, metric: str = "eval/normalized_score", spl
             continue
         row = {}
         for name in names:
-            lo, hi = stratified_bootstrap(per_task, name, reps, seed, gamma=gamma if gamma is not None else GAMMA)
-            row[name] = {"value": aggregate(name, per_task, gamma if gamma is not None else GAMMA), "low": lo, "high": hi}
+            lo, hi = stratified_bootstrap(per_task, name, reps, seed, gamma=gamma)
+            row[name] = {"value": aggregate(name, per_task, gamma), "low": lo, "high": hi}
         agg[a] = row
         lines.append(f"| {a} | {len(per_task)} | {sum(t.size for t in per_task)} | "
                      + " | ".join(_ci(row[n]["value"], row[n]["low"], row[n]["high"], digits) for n in names) + " |")

@@ -253,7 +253,7 @@ def test_tick_reports_inside_a_long_step(tmp_path, clock, capsys):
     assert capsys.readouterr().err == ""
     clock.t = 31.0
     log.tick("epoch 1: batch 300/3906")
-    assert capsys.readouterr().err == "[unio4] step 5/15 | phase dynamics | epoch 1: batch 300/3906\n"
+    assert capsys.readouterr().err == "[unio4] step 5/15 (33.3%) | phase dynamics | epoch 1: batch 300/3906\n"
     clock.t = 50.0
     log.tick("epoch 1: batch 500/3906")  # 19 s since that line
     assert capsys.readouterr().err == ""
