@@ -7,7 +7,7 @@ RUNS holds one folder per task (``push``, ``pickandplace``) with one run directo
 (``residual-sac-s0``, ``residual-td3-s1``, ``sac-demos-s0``, …), each with ``config.json``,
 ``metrics.jsonl`` and ``summary.json`` as every offrl run writes them. The frozen base is the
 ``base`` entry of the residual runs' summaries (its evaluation before training, on that run's
-episode seeds); it is drawn as a flat line. Scores are success rates in percent over the runs'
+episode seeds), taken once per seed; it is drawn as a flat line at its mean. Scores are success rates in percent over the runs'
 evaluation episodes, mean ± std over seeds (population std, as ``offrl report``).
 """
 from __future__ import annotations
@@ -38,6 +38,16 @@ def successes(run: Path) -> tuple[np.ndarray, np.ndarray]:
     return np.array([s for s, _ in ev]), 100 * np.array([v for _, v in ev])
 
 
+def base_successes(root: Path, task: str) -> list[float]:
+    """The frozen base's success (%) once per seed: runs of one seed evaluate it on the same episodes."""
+    by_seed = {}
+    for m in ("residual-sac", "residual-td3"):
+        for r in runs_of(root, task, m):
+            seed = json.loads((r / "config.json").read_text())["config"]["seed"]
+            by_seed.setdefault(seed, json.loads((r / "summary.json").read_text())["base"]["success_rate"] * 100)
+    return [by_seed[k] for k in sorted(by_seed)]
+
+
 def pm(xs: list[float]) -> str:
     return f"{np.mean(xs):.0f} ± {np.std(xs):.0f}" if len(xs) > 1 else f"{xs[0]:.0f}"
 
@@ -46,10 +56,9 @@ def table(root: Path) -> str:
     out = ["| task | method | seeds | final success % | best % | mean over evaluations % | minutes per run |",
            "|---|---|---:|---:|---:|---:|---:|"]
     for task, env in TASKS.items():
-        bases = [json.loads((r / "summary.json").read_text())["base"]["success_rate"] * 100
-                 for m in ("residual-sac", "residual-td3") for r in runs_of(root, task, m)]
+        bases = base_successes(root, task)
         if bases:
-            out.append(f"| {env} | frozen BC base | {len(bases)} evaluations | {pm(bases)} | | | |")
+            out.append(f"| {env} | frozen BC base | {len(bases)} | {pm(bases)} | | | |")
         for m, label in METHODS.items():
             runs = runs_of(root, task, m)
             if not runs:
@@ -75,8 +84,7 @@ def figures(root: Path, out_dir: Path) -> list[str]:
         for c in items:
             c.values, c.color = 100 * c.values, COLORS[c.label]
             c.band = None if c.band is None else 100 * c.band
-        bases = [json.loads((Path(r) / "summary.json").read_text())["base"]["success_rate"] * 100
-                 for r, lab in zip(runs, labels) if lab != METHODS["sac-demos"]]
+        bases = base_successes(root, task)
         if bases:
             steps = np.array([0, max(int(c.steps[-1]) for c in items)])
             items.insert(0, Curve("frozen BC base", steps, np.full(2, np.mean(bases)), None,

@@ -181,7 +181,7 @@ def test_bench_ppo_loop_prints_rates(tmp_path, capsys):
 def _residual_run(root: Path, task: str, name: str, success: list[float], base: float | None, seconds: float):
     run = root / task / name
     run.mkdir(parents=True)
-    (run / "config.json").write_text("{}")
+    (run / "config.json").write_text(json.dumps({"config": {"seed": int(name.rsplit("-s", 1)[1])}}))
     rows = [{"step": 1000 * (i + 1), "phase": "online", "eval/success_rate": v} for i, v in enumerate(success)]
     (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     summary = {"total_seconds": seconds}
@@ -194,15 +194,18 @@ def test_residual_report_table_and_figures(tmp_path, capsys):
     runs = tmp_path / "runs"
     _residual_run(runs, "push", "residual-sac-s0", [0.5, 0.7], 0.40, 600)
     _residual_run(runs, "push", "residual-sac-s1", [0.6, 0.5], 0.50, 1200)
+    _residual_run(runs, "push", "residual-td3-s1", [0.2, 0.2], 0.50, 600)  # the seed-1 base again: counted once
     _residual_run(runs, "push", "sac-demos-s0", [0.1, 0.3], None, 300)
     (runs / "push" / "residual-td3-s0").mkdir()  # unfinished (no summary): left out
+    (runs / "push" / "residual-td3-s0" / "metrics.jsonl").write_text('{"step": 1000, "eval/success_rate": 1.0}\n')
     lines = run_script("residual_report.py", [str(runs), "--figures", str(tmp_path / "img")], capsys)
     rows = {tuple(c.strip() for c in line.strip("|").split("|"))[:3]: line for line in lines[2:]}
     # by hand: final 70, 50 -> 60 ± 10; best 70, 60 -> 65 ± 5; mean 60, 55 -> 58 ± 2 (57.5 rounds to even); 15 min
     assert rows[("FetchPush-v4", "residual SAC", "2")].endswith("| 60 ± 10 | 65 ± 5 | 58 ± 2 | 15 |")
-    assert rows[("FetchPush-v4", "frozen BC base", "2 evaluations")].split("|")[4].strip() == "45 ± 5"
+    assert rows[("FetchPush-v4", "frozen BC base", "2")].split("|")[4].strip() == "45 ± 5"
+    assert rows[("FetchPush-v4", "residual TD3", "1")].endswith("| 20 | 20 | 20 | 10 |")
     assert rows[("FetchPush-v4", "SAC from scratch + demos", "1")].endswith("| 30 | 30 | 20 | 5 |")
-    assert not any("residual TD3" in line or "PickAndPlace" in line for line in lines)
+    assert not any("PickAndPlace" in line for line in lines)
     svg = (tmp_path / "img" / "residual_push.svg").read_text()
     assert "frozen BC base" in svg and "SAC from scratch + demos" in svg
     assert not (tmp_path / "img" / "residual_pickandplace.svg").exists()
