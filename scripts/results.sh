@@ -4,9 +4,10 @@
 #
 #   bash scripts/results.sh                 # CPU budget: 7 offline algorithms x 9 datasets x 3 seeds, 10k steps
 #   bash scripts/results.sh --report-only   # rebuild docs/results.md from the runs there are (unfinished ones included)
-#   BUDGET=paper bash scripts/results.sh    # the paper budget (1M steps, 5 seeds; a GPU's job), into sweeps/results-paper
+#   BUDGET=paper bash scripts/results.sh    # the paper budget (1M steps, 5 seeds; a GPU's job), into docs/results/runs/results-paper
 #
-# SWEEP=DIR overrides the sweep directory (default sweeps/results-$BUDGET). The report goes to
+# SWEEP=DIR overrides the sweep directory (default docs/results/runs/results-$BUDGET, committed: each
+# working day commits the runs it finished and the next day's sweep skips them). The report goes to
 # docs/results/$BUDGET/ (report.md, report.json, SVG figures); docs/results.md is rebuilt from a fixed
 # preamble and that report.
 set -euo pipefail
@@ -17,7 +18,7 @@ case $budget in
   paper) steps=1000000 seeds="0 1 2 3 4" every=10000 ;;
   *) echo "results.sh: BUDGET must be cpu or paper, got '$budget'" >&2; exit 2 ;;
 esac
-sweep=${SWEEP:-sweeps/results-$budget}
+sweep=${SWEEP:-docs/results/runs/results-$budget}
 algos="bc td3_bc iql cql prdc a2pr odice"
 datasets=()
 for env in hopper halfcheetah walker2d; do for q in medium medium-replay medium-expert; do datasets+=("offrl/$env/$q-v0"); done; done

@@ -219,3 +219,40 @@ def test_residual_docs_table_is_the_committed_runs(capsys):
         pytest.skip("no committed residual runs")
     doc = (SCRIPTS.parent / "docs" / "residual_sac.md").read_text()
     assert "\n".join(table) in doc
+
+
+def test_results_sh_report_only_writes_the_results_page(use_scripted, tmp_path):
+    """scripts/results.sh --report-only turns a sweep folder into docs/results.md: the fixed preamble
+    (budget, the reduced-budget warning, the reference caveat) and the report's table, with figure
+    links addressed from docs/. Run in a copy of the repo layout so the real docs/ is untouched."""
+    import shutil
+    import subprocess
+
+    from test_cli import SCRIPTED
+
+    repo = tmp_path / "repo"
+    (repo / "scripts").mkdir(parents=True)
+    (repo / "docs" / "results").mkdir(parents=True)
+    shutil.copy(SCRIPTS / "results.sh", repo / "scripts" / "results.sh")
+    shutil.copy(SCRIPTS.parent / "docs" / "results" / "d4rl_reference.json", repo / "docs" / "results")
+    sweep = tmp_path / "sweep"
+    env = {**__import__("os").environ, "OMP_NUM_THREADS": "1", "SWEEP": str(sweep)}
+    done = subprocess.run([sys.executable, "-m", "offrl.cli", "sweep", "--algos", "bc", "--datasets", SCRIPTED,
+                           "--seeds", "0", "1", "--steps", "200", "--workers", "1", "--out", str(sweep),
+                           "--set", "hidden=16 16", "batch_size=16", "eval_episodes=1", "eval_every=100"],
+                          capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr
+    rep = subprocess.run(["bash", str(repo / "scripts" / "results.sh"), "--report-only"], capture_output=True,
+                         text=True, env=env, timeout=300)
+    assert rep.returncode == 0, rep.stderr
+    page = (repo / "docs" / "results.md").read_text()
+    assert page.startswith("# Results\n") and "**reduced budget**" in page and "different dataset" in page
+    assert "10000 gradient steps per run" in page  # the cpu budget's preamble
+    row = [line for line in page.splitlines() if line.startswith("|") and "bc" in line and "scripted" in line]
+    assert row, page
+    assert [c.strip() for c in row[0].strip("|").split("|")][2:4] == ["2", "200"]  # two seeds, 200 steps
+    links = [p for p in page.split("](")[1:] if p.split(")")[0].endswith((".svg", ".png"))]
+    assert links and all(p.startswith("results/cpu/") for p in links)
+    for p in links:
+        assert (repo / "docs" / p.split(")")[0]).is_file()
+    assert not (repo / "docs" / "results.md.tmp").exists()
