@@ -1,12 +1,16 @@
 """Smoke runs of every helper in scripts/ through its command line, at a tiny size."""
 
 import json
+import os
 import runpy
+import shutil
+import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
+from test_cli import SCRIPTED
 
 from offrl.algos.sac import SAC, Config
 from offrl.data import get_info, recipes
@@ -225,18 +229,13 @@ def test_results_sh_report_only_writes_the_results_page(use_scripted, tmp_path):
     """scripts/results.sh --report-only turns a sweep folder into docs/results.md: the fixed preamble
     (budget, the reduced-budget warning, the reference caveat) and the report's table, with figure
     links addressed from docs/. Run in a copy of the repo layout so the real docs/ is untouched."""
-    import shutil
-    import subprocess
-
-    from test_cli import SCRIPTED
-
     repo = tmp_path / "repo"
     (repo / "scripts").mkdir(parents=True)
     (repo / "docs" / "results").mkdir(parents=True)
     shutil.copy(SCRIPTS / "results.sh", repo / "scripts" / "results.sh")
     shutil.copy(SCRIPTS.parent / "docs" / "results" / "d4rl_reference.json", repo / "docs" / "results")
     sweep = tmp_path / "sweep"
-    env = {**__import__("os").environ, "OMP_NUM_THREADS": "1", "SWEEP": str(sweep)}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "SWEEP": str(sweep)}
     done = subprocess.run([sys.executable, "-m", "offrl.cli", "sweep", "--algos", "bc", "--datasets", SCRIPTED,
                            "--seeds", "0", "1", "--steps", "200", "--workers", "1", "--out", str(sweep),
                            "--set", "hidden=16 16", "batch_size=16", "eval_episodes=1", "eval_every=100"],
