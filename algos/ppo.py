@@ -557,6 +557,8 @@ class PPO(Agent):
                 last = {**m, "entropy": entropy.detach()}
                 clipfrac = m["clipfrac"] if clipfrac is None else clipfrac + m["clipfrac"]
                 evaluated += 1
+                # The KL early stop is a host decision (it changes the control flow), so it reads one scalar
+                # back per minibatch; only when --target-kl is set (off in the cleanrl preset).
                 if target_kl is not None and cfg.kl_stop == "minibatch" and m["approx_kl"].item() > target_kl:
                     stop = True  # PROPS: checked before the step, the rest of this rollout's update is skipped
                     break

@@ -291,6 +291,7 @@ class PROPS(PPO):
                 m = props_loss(dist.log_prob(b_act).sum(-1), b_logp, dist.mean, dist.stddev, b_mu, b_std,
                                cfg.props_clip, cfg.props_lambda, cfg.ros)
                 last = m
+                # The KL stop decides the control flow on the host: one scalar read back per minibatch.
                 if target_kl is not None and m["approx_kl"].item() > target_kl:
                     stop = True
                     break
