@@ -52,6 +52,18 @@ can finish the sweep in the background. Scores at 10k steps say how far each met
 They do not say where it converges.
 EOF
   fi
+  planned=0 finished=0
+  for a in $algos; do for d in "${datasets[@]}"; do for s in $seeds; do
+    planned=$((planned + 1))
+    if [ -f "$sweep/$a/${d//\//_}/seed$s/summary.json" ]; then finished=$((finished + 1)); fi
+  done; done; done
+  if [ "$finished" -lt "$planned" ]; then
+    cat <<EOF
+
+**A partial grid:** $finished of the grid's $planned runs have finished (the tables below list what
+there is; with \`--report-only\`, unfinished runs are reported at their last evaluation).
+EOF
+  fi
   cat <<'EOF'
 
 The "reference" column is the published D4RL score of the same algorithm on the corresponding D4RL

@@ -247,6 +247,7 @@ def test_results_sh_report_only_writes_the_results_page(use_scripted, tmp_path):
     page = (repo / "docs" / "results.md").read_text()
     assert page.startswith("# Results\n") and "**reduced budget**" in page and "different dataset" in page
     assert "10000 gradient steps per run" in page  # the cpu budget's preamble
+    assert "0 of the grid's 189 runs have finished" in page  # the scripted runs are not in the grid
     row = [line for line in page.splitlines() if line.startswith("|") and "bc" in line and "scripted" in line]
     assert row, page
     assert [c.strip() for c in row[0].strip("|").split("|")][2:4] == ["2", "200"]  # two seeds, 200 steps
@@ -255,3 +256,10 @@ def test_results_sh_report_only_writes_the_results_page(use_scripted, tmp_path):
     for p in links:
         assert (repo / "docs" / p.split(")")[0]).is_file()
     assert not (repo / "docs" / "results.md.tmp").exists()
+    # a finished run at a grid position counts (its folder name is what the count reads)
+    run = next(sweep.glob("bc/*/seed0"))
+    shutil.copytree(run, sweep / "bc" / "offrl_hopper_medium-v0" / "seed0")
+    rep = subprocess.run(["bash", str(repo / "scripts" / "results.sh"), "--report-only"], capture_output=True,
+                         text=True, env=env, timeout=300)
+    assert rep.returncode == 0, rep.stderr
+    assert "1 of the grid's 189 runs have finished" in (repo / "docs" / "results.md").read_text()
