@@ -263,3 +263,18 @@ def test_results_sh_report_only_writes_the_results_page(use_scripted, tmp_path):
                          text=True, env=env, timeout=300)
     assert rep.returncode == 0, rep.stderr
     assert "1 of the grid's 189 runs have finished" in (repo / "docs" / "results.md").read_text()
+
+
+def test_unio4_study_dry_run_checks_every_flag(tmp_path):
+    """scripts/unio4_study.sh --dry-run expands its three sweeps (Uni-O4, IQL fine-tuning, PPO: 3 tasks x 2
+    seeds each), which checks every --set flag against each algorithm, and runs nothing."""
+    env = {**os.environ, "OUT": str(tmp_path / "sweep")}
+    done = subprocess.run(["bash", str(SCRIPTS / "unio4_study.sh"), "--dry-run"], capture_output=True, text=True,
+                          env=env, timeout=300)
+    assert done.returncode == 0, done.stderr
+    lines = [line for line in done.stdout.splitlines() if line.startswith("new")]
+    assert len(lines) == 18, done.stdout
+    assert sum("train unio4" in line and "--online-steps 50000" in line for line in lines) == 6
+    assert sum("train iql" in line and "--online-steps 50000" in line and "--steps 50000" in line for line in lines) == 6
+    assert sum("train ppo" in line and "--total-steps 50000" in line for line in lines) == 6
+    assert not list((tmp_path / "sweep").glob("*/*/seed*/metrics.jsonl"))  # nothing ran
