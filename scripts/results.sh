@@ -23,10 +23,11 @@ algos="bc td3_bc iql cql prdc a2pr odice"
 datasets=()
 for env in hopper halfcheetah walker2d; do for q in medium medium-replay medium-expert; do datasets+=("offrl/$env/$q-v0"); done; done
 
+# shellcheck disable=SC2206
+grid=(--algos $algos --datasets "${datasets[@]}" --seeds $seeds --steps $steps
+      --set eval_every=$every eval_episodes=10 progress=False --out "$sweep")
 if [ "${1:-}" != "--report-only" ]; then
-  # shellcheck disable=SC2086
-  offrl sweep --algos $algos --datasets "${datasets[@]}" --seeds $seeds --steps $steps \
-    --set eval_every=$every eval_episodes=10 progress=False --out "$sweep"
+  offrl sweep "${grid[@]}"
   inc=()
 else
   inc=(--include-unfinished)
@@ -52,11 +53,10 @@ can finish the sweep in the background. Scores at 10k steps say how far each met
 They do not say where it converges.
 EOF
   fi
-  planned=0 finished=0
-  for a in $algos; do for d in "${datasets[@]}"; do for s in $seeds; do
-    planned=$((planned + 1))
-    if [ -f "$sweep/$a/${d//\//_}/seed$s/summary.json" ]; then finished=$((finished + 1)); fi
-  done; done; done
+  # the sweep's own plan says which of the grid's runs have finished (its dry run runs nothing)
+  states=$(offrl sweep "${grid[@]}" --dry-run | cut -d' ' -f1)
+  planned=$(wc -l <<< "$states")
+  finished=$(grep -c '^done$' <<< "$states" || true)
   if [ "$finished" -lt "$planned" ]; then
     cat <<EOF
 

@@ -256,9 +256,12 @@ def test_results_sh_report_only_writes_the_results_page(use_scripted, tmp_path):
     for p in links:
         assert (repo / "docs" / p.split(")")[0]).is_file()
     assert not (repo / "docs" / "results.md.tmp").exists()
-    # a finished run at a grid position counts (its folder name is what the count reads)
-    run = next(sweep.glob("bc/*/seed0"))
-    shutil.copytree(run, sweep / "bc" / "offrl_hopper_medium-v0" / "seed0")
+    # a finished run at a grid position, started with the grid's flags, counts (the sweep's own dry run decides)
+    run = sweep / "bc" / "offrl_hopper_medium-v0" / "seed0"
+    shutil.copytree(next(sweep.glob("bc/*/seed0")), run)
+    cfg = json.loads((run / "config.json").read_text())
+    cfg["config"].update(dataset="offrl/hopper/medium-v0", steps=10000, eval_every=5000, eval_episodes=10)
+    (run / "config.json").write_text(json.dumps(cfg))
     rep = subprocess.run(["bash", str(repo / "scripts" / "results.sh"), "--report-only"], capture_output=True,
                          text=True, env=env, timeout=300)
     assert rep.returncode == 0, rep.stderr
