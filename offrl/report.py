@@ -242,8 +242,17 @@ def read_run(path: str, metric: str, split: list[str], expert_normalized: bool =
                      int(summary.get("steps", steps[-1])), int(summary.get("updates", 0)),
                      seconds,
                      (steps, values), tuple(phase_boundaries(path)), cfg,
-                     {k: summary[k] for k in O2O_KEYS} if all(summary.get(k) is not None for k in O2O_KEYS) else None,
+                     _o2o(summary),
                      by_return)
+
+
+def _o2o(summary: dict) -> dict | None:
+    """The offline → online scores, from the phase lines where the summary has them (one rule for every
+    run, whichever offrl version wrote its top-level keys), else from those keys; None for other runs."""
+    from offrl.run import o2o_scores
+
+    scores = o2o_scores(summary["phases"]) if isinstance(summary.get("phases"), list) else summary
+    return {k: scores[k] for k in O2O_KEYS} if all(scores.get(k) is not None for k in O2O_KEYS) else None
 
 
 # ------------------------------------------------------------------------------------ report

@@ -25,7 +25,8 @@ evaluation), ``best_return``, ``best_normalized_score`` (the evaluation with the
 return; see :class:`~offrl.evaluation.Evaluator`). Each phase line also has ``evaluations``,
 ``mean_normalized_score`` over them and, for env phases, ``normalized_regret`` (mean of
 1 − score/100 over the phase's evaluations; also logged as ``eval/normalized_regret``). An
-offline → online run adds ``offline_normalized_score`` (end of the offline phase),
+offline → online run adds ``offline_normalized_score`` (end of the last offline phase before the first
+online one: :func:`o2o_scores`),
 ``online_normalized_score`` (end of the online phase) and ``normalized_regret`` (the online phase's),
 as CORL reports fine-tuning; the regret on normalized scores is offrl's own locomotion analogue of
 CORL's success-rate regret.
@@ -44,6 +45,23 @@ from offrl.evaluation import Evaluator, crossed, mean_normalized_score, normaliz
 from offrl.io import write_json
 from offrl.logger import Logger, MetricAccumulator
 from offrl.utils import StopSignals, rng_state, set_rng_state
+
+
+def o2o_scores(phases: list[dict]) -> dict:
+    """An offline → online run's scores from its phase lines (the summary's ``phases``):
+    ``offline_normalized_score`` at the end of the last offline phase before the first online one
+    (the policy handed over: for a pipeline of offline stages, as Uni-O4's critic → dynamics → bc →
+    improve → value, the last stage, not the first), ``online_normalized_score`` at the end of the
+    last online phase and that phase's ``normalized_regret``; empty for a run without such a hand-over."""
+    kinds = [p.get("kind") for p in phases]
+    if "online" not in kinds or "offline" not in kinds[:kinds.index("online")]:
+        return {}
+    first_online = kinds.index("online")
+    offline = phases[first_online - 1 - kinds[:first_online][::-1].index("offline")]
+    online = phases[len(kinds) - 1 - kinds[::-1].index("online")]
+    return {"offline_normalized_score": offline.get("final_normalized_score"),
+            "online_normalized_score": online.get("final_normalized_score"),
+            "normalized_regret": online.get("normalized_regret")}
 
 
 class Phase:
@@ -414,14 +432,7 @@ class Run:
             self.logger.close()
         elapsed = time.time() - t_start
         last = self.results[-1]
-        o2o = {}
-        kinds = [r["kind"] for r in self.results]
-        if "offline" in kinds and "online" in kinds[kinds.index("offline") + 1:]:
-            offline = self.results[kinds.index("offline")]
-            online = self.results[len(kinds) - 1 - kinds[::-1].index("online")]
-            o2o = {"offline_normalized_score": offline["final_normalized_score"],
-                   "online_normalized_score": online["final_normalized_score"],
-                   "normalized_regret": online.get("normalized_regret")}
+        o2o = o2o_scores(self.results)
         summary = json_safe({
             **self.summary_extra,
             "steps": self.step,

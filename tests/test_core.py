@@ -218,6 +218,26 @@ def test_offline_to_online_summary_reports_both_phases_and_the_regret(use_script
     assert "normalized_regret" not in only and "offline_normalized_score" not in only
 
 
+def test_o2o_scores_take_the_last_offline_stage_before_the_hand_over():
+    from offrl.run import o2o_scores
+
+    def ph(name, kind, score, regret=None):
+        return {"name": name, "kind": kind, "final_normalized_score": score,
+                **({"normalized_regret": regret} if regret is not None else {})}
+
+    # a Uni-O4-like pipeline: the policy handed over is the one at the end of the last offline stage
+    stages = [ph("critic", "offline", 1.0), ph("dynamics", "offline", 2.0), ph("bc", "offline", 30.0),
+              ph("improve", "offline", 35.0), ph("value", "offline", 34.0), ph("online", "online", 50.0, 0.6)]
+    assert o2o_scores(stages) == {"offline_normalized_score": 34.0, "online_normalized_score": 50.0,
+                                  "normalized_regret": 0.6}
+    two = [ph("offline", "offline", 20.0), ph("online", "online", 25.0, 0.8)]
+    assert o2o_scores(two)["offline_normalized_score"] == 20.0
+    assert o2o_scores([ph("offline", "offline", 20.0)]) == {}  # no hand-over
+    assert o2o_scores([ph("online", "online", 20.0, 0.8)]) == {}  # online only
+    # an online phase before an offline one is not a hand-over from it
+    assert o2o_scores([ph("online", "online", 5.0, 0.9), ph("offline", "offline", 20.0)]) == {}
+
+
 def test_resume_at_the_hand_over_starts_the_online_phase(use_scripted, tmp_path, monkeypatch, default_handlers):
     from offrl.algos import iql
 

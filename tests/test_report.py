@@ -225,6 +225,21 @@ def test_offline_to_online_table_and_reference_column(tmp_path):
         build([str(runs)], str(tmp_path / "rep2"), reps=10, reference=str(bad))
 
 
+def test_offline_to_online_scores_come_from_the_phase_lines(tmp_path):
+    """A staged offline pipeline (Uni-O4): the report takes the score at the end of the last offline stage
+    from the summary's phases, even where the summary's top-level keys name the first stage."""
+    runs = tmp_path / "runs"
+    phases = [{"name": "critic", "kind": "offline", "final_normalized_score": 1.0},
+              {"name": "bc", "kind": "offline", "final_normalized_score": 30.0},
+              {"name": "improve", "kind": "offline", "final_normalized_score": 36.0},
+              {"name": "online", "kind": "online", "final_normalized_score": 50.0, "normalized_regret": 0.55}]
+    _fake_run(runs, "unio4", "d/one", 0, [30.0, 50.0], o2o={"phases": phases, "offline_normalized_score": 1.0,
+                                                          "online_normalized_score": 50.0, "normalized_regret": 0.55})
+    res = build([str(runs)], str(tmp_path / "rep"), reps=10)
+    row = res["o2o"]["unio4|d/one"]
+    assert (row["offline_mean"], row["online_mean"], row["regret_mean"]) == (36.0, 50.0, 0.55)
+
+
 def test_expert_normalized_scores(tmp_path, monkeypatch, data_dirs):
     from offrl import report
 
