@@ -30,6 +30,9 @@ Figures use offrl's SVG renderer (the one ``offrl plot`` uses; no plotting depen
 
 Offline → online runs (their summaries have ``offline_normalized_score``) get a table of their own:
 the score at the end of each phase and the online normalized regret, as CORL reports fine-tuning.
+Where one environment has online phases of several groups (fine-tuning from different datasets or
+algorithms, training from scratch in that env), **online phase, by environment** puts them on one axis:
+env steps since the hand-over, with the score at the hand-over, at the end and the normalized regret.
 ``--reference FILE`` adds a column of reference scores to the per-task table (e.g. the published
 D4RL figure of each algorithm next to the offrl dataset it corresponds to; the file's label says
 what they are).
@@ -129,6 +132,10 @@ class RunRecord:
     """An offline → online run's summary scores: offline_normalized_score, online_normalized_score, normalized_regret."""
     by_return: bool = False
     """Scored by ``eval/return_mean`` because its task has no reference scores (the metric asked was the normalized score)."""
+    env: str = "?"
+    """The environment: the dataset's env for an offline task, the task itself for an online one."""
+    handover: int | None = None
+    """The global step at which the first online phase begins (0 for an online-only run); None without one."""
 
 
 def find_runs(paths: list[str]) -> list[str]:
@@ -238,12 +245,32 @@ def read_run(path: str, metric: str, split: list[str], expert_normalized: bool =
     seconds = summary.get("total_seconds", summary.get("seconds"))
     if seconds and summary.get("stacked_seeds"):  # one process trained S seeds: each seed's share of its time
         seconds = float(seconds) / len(summary["stacked_seeds"])
+    bounds = phase_boundaries(path)
     return RunRecord(path, algo, task, int(cfg.get("seed", 0)), finished, float(last), float(best),
                      int(summary.get("steps", steps[-1])), int(summary.get("updates", 0)),
                      seconds,
-                     (steps, values), tuple(phase_boundaries(path)), cfg,
+                     (steps, values), tuple(bounds), cfg,
                      _o2o(summary),
-                     by_return)
+                     by_return, meta.get("env_id") or task, _handover(summary, bounds, data is None))
+
+
+def _handover(summary: dict, bounds: list[tuple[int, str]], online_only: bool) -> int | None:
+    """The global step where the first online phase begins: from the summary's phase kinds (an
+    unfinished run: the phase named ``online``), at the phase boundary that starts it; 0 for a run
+    whose first phase is online, None for a run without an online phase."""
+    phases = summary.get("phases") if isinstance(summary.get("phases"), list) else None
+    if phases:
+        names = [p.get("name") for p in phases if p.get("kind") == "online"]
+        if not names:
+            return None
+        if phases[0].get("kind") == "online":
+            return 0
+        name = names[0]
+    else:
+        if online_only and not bounds:
+            return 0
+        name = "online"
+    return next((step for step, nxt in bounds if nxt == name), None)
 
 
 def _o2o(summary: dict) -> dict | None:
@@ -470,6 +497,8 @@ def build(paths: list[str], out: str, metric: str = "eval/normalized_score", spl
             name = f"curves_{_slug(t)}.{fmt}"
             write_figure(os.path.join(out, name), items, "eval/return_mean" if t in by_return else metric, t)
             lines.append(f"![{t}]({name})")
+    online, online_lines = online_by_env(records, out, fmt) if metric == "eval/normalized_score" else ({}, [])
+    lines += online_lines
     # runtime
     lines += ["", "## Runtime", "", "| task | algorithm | wall time per run | steps/s | updates/s |", "|---|---|---|---|---|"]
     runtime = {}
@@ -490,9 +519,64 @@ def build(paths: list[str], out: str, metric: str = "eval/normalized_score", spl
     write_text(os.path.join(out, "report.md"), "\n".join(lines))
     result = {"out": out, "runs": len(records), "unfinished_left_out": len(skipped), "metric": metric, "gamma": gamma,
               "scored_by_return": by_return,
-              "algorithms": algos, "tasks": tasks, "table": table, "aggregates": agg, "runtime": runtime, "o2o": o2o}
+              "algorithms": algos, "tasks": tasks, "table": table, "aggregates": agg, "runtime": runtime, "o2o": o2o,
+              "online_by_env": online}
     write_json(os.path.join(out, "report.json"), result, indent=1)
     return result
+
+
+def online_by_env(records: list[RunRecord], out: str, fmt: str = "svg") -> tuple[dict, list[str]]:
+    """The online phases side by side, per environment: fine-tuning from a dataset (x = env steps since the
+    hand-over) next to training from scratch in the same env (x = env steps). Written when an env has online
+    phases of at least two (algorithm, start) groups, one of them a hand-over. Per group: the score at the
+    hand-over (the evaluation at the end of the offline phase), at the end, and the normalized regret over
+    the online evaluations (after the hand-over). Returns the numbers and the Markdown lines."""
+    from offrl.plot import Curve, write_figure
+
+    groups: dict[str, dict[tuple[str, str], list[RunRecord]]] = {}
+    for r in records:
+        if r.handover is not None and r.curve[0].size and int(r.curve[0][-1]) > r.handover:
+            start = "from scratch" if r.handover == 0 else r.task
+            groups.setdefault(r.env, {}).setdefault((r.algo, start), []).append(r)
+    envs = [e for e in sorted(groups) if len(groups[e]) > 1 and any(s != "from scratch" for _, s in groups[e])]
+    if not envs:
+        return {}, []
+    lines = ["", "## Online phase, by environment", "",
+             "Fine-tuning from a dataset next to training from scratch in the same env, on one axis: env steps since "
+             "the hand-over (from scratch: since the start). *At the hand-over*: the evaluation at the end of the "
+             "offline phase; *end*: the last evaluation; *regret*: the mean of 1 − score/100 over the online "
+             "evaluations after the hand-over. Normalized score, mean ± std over seeds.", "",
+             "| env | algorithm | start | runs | at the hand-over | end | end − hand-over | normalized regret ↓ |",
+             "|---|---|---|---|---|---|---|---|"]
+    result: dict = {}
+    for e in envs:
+        items = []
+        for i, ((a, start), rs) in enumerate(sorted(groups[e].items(), key=lambda kv: (kv[0][1] == "from scratch", kv[0]))):
+            online = [(r.curve[0][r.curve[0] >= r.handover] - r.handover, r.curve[1][r.curve[0] >= r.handover]) for r in rs]
+            end = np.array([v[-1] for _, v in online])
+            after = [v[x > 0] for x, v in online]
+            regret = np.array([float(np.mean(1.0 - v / 100.0)) if v.size else np.nan for v in after])
+            at = np.array([v[0] for x, v in online if x[0] == 0]) if start != "from scratch" else np.array([])
+            key = f"{a}|{start}|{e}"
+            result[key] = {"runs": len(rs), "end_mean": float(end.mean()), "end_std": float(end.std()),
+                           "regret_mean": float(np.nanmean(regret)),
+                           "handover_mean": float(at.mean()) if at.size else None}
+            gain = _pm(end - at) if at.size == end.size and at.size else "–"
+            lines.append(f"| {e} | {a} | {start} | {len(rs)} | {_pm(at) if at.size else '–'} | {_pm(end)} | {gain} | "
+                         + (f"{np.nanmean(regret):.3f} ± {np.nanstd(regret):.3f}" if len(rs) > 1 else f"{regret[0]:.3f}")
+                         + " |")
+            common = sorted(set.intersection(*(set(x.tolist()) for x, _ in online)))
+            if common:
+                stack = np.stack([v[np.searchsorted(x, common)] for x, v in online])
+                label = f"{a} ({'from scratch' if start == 'from scratch' else 'from ' + start})"
+                items.append(Curve(label, np.array(common), stack.mean(0), stack.std(0) if len(rs) > 1 else None,
+                                   runs=len(rs), color=i))
+        if items:
+            name = f"online_{_slug(e)}.{fmt}"
+            write_figure(os.path.join(out, name), items, "eval/normalized_score", f"{e}: online phase",
+                         xlabel="env steps since the hand-over")
+            lines += ["", f"![{e} online]({name})"]
+    return result, lines
 
 
 def main(argv: list[str]) -> int:

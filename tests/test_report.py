@@ -240,6 +240,54 @@ def test_offline_to_online_scores_come_from_the_phase_lines(tmp_path):
     assert (row["offline_mean"], row["online_mean"], row["regret_mean"]) == (36.0, 50.0, 0.55)
 
 
+def _phased_run(root, algo, task, seed, rows, phases, env_id):
+    """A run whose metrics rows are (step, phase, normalized score) and whose summary has ``phases``."""
+    d = root / f"{algo}-{task.replace('/', '_')}-{seed}"
+    d.mkdir(parents=True)
+    online_only = task == env_id
+    meta = {"algo": algo, "config": {"seed": seed}, "dataset": None if online_only else {"id": task}, "env_id": env_id}
+    (d / "config.json").write_text(json.dumps(meta))
+    with open(d / "metrics.jsonl", "w") as f:
+        for step, phase, score in rows:
+            f.write(json.dumps({"step": step, "phase": phase, "eval/normalized_score": score,
+                                "eval/return_mean": 10 * score}) + "\n")
+    (d / "summary.json").write_text(json.dumps({"steps": rows[-1][0], "updates": rows[-1][0], "seconds": 1.0,
+                                                 "final_normalized_score": rows[-1][2], "phases": phases}))
+
+
+def test_online_phase_by_env_puts_fine_tuning_next_to_training_from_scratch(tmp_path):
+    runs = tmp_path / "runs"
+    off, on = {"name": "offline", "kind": "offline"}, {"name": "online", "kind": "online"}
+    for seed, (h, a, b) in enumerate([(20.0, 30.0, 40.0), (40.0, 50.0, 40.0)]):
+        # offline until step 200 (the hand-over evaluation at 200), online evaluations at 300 and 400
+        _phased_run(runs, "iql", "d/hop", seed, [(100, "offline", 5.0), (200, "offline", h), (300, "online", a),
+                                                (400, "online", b)], [off, on], "Hop-v5")
+    for seed, (a, b) in enumerate([(10.0, 20.0), (30.0, 60.0)]):
+        _phased_run(runs, "ppo", "Hop-v5", seed, [(100, "online", a), (200, "online", b)], [on], "Hop-v5")
+    _phased_run(runs, "bc", "d/hop", 0, [(100, "offline", 7.0)], [off], "Hop-v5")  # no online phase: not shown
+    res = build([str(runs)], str(tmp_path / "rep"), reps=10)
+    rows = res["online_by_env"]
+    assert sorted(rows) == ["iql|d/hop|Hop-v5", "ppo|from scratch|Hop-v5"]
+    iql_row, ppo_row = rows["iql|d/hop|Hop-v5"], rows["ppo|from scratch|Hop-v5"]
+    assert (iql_row["handover_mean"], iql_row["end_mean"]) == (30.0, 40.0)
+    # regret over the evaluations after the hand-over: seed 0 (0.7 + 0.6)/2, seed 1 (0.5 + 0.6)/2
+    assert iql_row["regret_mean"] == pytest.approx((0.65 + 0.55) / 2)
+    assert ppo_row["handover_mean"] is None and ppo_row["end_mean"] == 40.0
+    assert ppo_row["regret_mean"] == pytest.approx(((0.9 + 0.8) / 2 + (0.7 + 0.4) / 2) / 2)
+    md = (tmp_path / "rep" / "report.md").read_text()
+    assert "| Hop-v5 | iql | d/hop | 2 | 30.0 ± 10.0 | 40.0 ± 0.0 | 10.0 ± 10.0 | 0.600 ± 0.050 |" in md
+    assert "| Hop-v5 | ppo | from scratch | 2 | – | 40.0 ± 20.0 | – |" in md
+    svg = ET.parse(tmp_path / "rep" / "online_Hop-v5.svg").getroot()
+    assert sorted(e.get("data-label") for e in svg.iter(f"{SVG}polyline")) == ["iql (from d/hop)", "ppo (from scratch)"]
+    assert "](online_Hop-v5.svg)" in md
+    # the hand-over steps the curves are shifted by: the boundary where the online phase begins
+    from offrl.report import read_run
+
+    assert read_run(str(runs / "iql-d_hop-0"), "eval/normalized_score", []).handover == 200
+    assert read_run(str(runs / "ppo-Hop-v5-0"), "eval/normalized_score", []).handover == 0
+    assert read_run(str(runs / "bc-d_hop-0"), "eval/normalized_score", []).handover is None
+
+
 def test_expert_normalized_scores(tmp_path, monkeypatch, data_dirs):
     from offrl import report
 
