@@ -136,6 +136,8 @@ class RunRecord:
     """The environment: the dataset's env for an offline task, the task itself for an online one."""
     handover: int | None = None
     """The global step at which the first online phase begins (0 for an online-only run); None without one."""
+    phase_scores: tuple = ()
+    """(phase name, normalized score at its end) of each phase, from the summary (a finished run)."""
 
 
 def find_runs(paths: list[str]) -> list[str]:
@@ -251,7 +253,9 @@ def read_run(path: str, metric: str, split: list[str], expert_normalized: bool =
                      seconds,
                      (steps, values), tuple(bounds), cfg,
                      _o2o(summary),
-                     by_return, meta.get("env_id") or task, _handover(summary, bounds, data is None))
+                     by_return, meta.get("env_id") or task, _handover(summary, bounds, data is None),
+                     tuple((p.get("name"), p.get("final_normalized_score")) for p in summary.get("phases") or ()
+                           if isinstance(p, dict)))
 
 
 def _handover(summary: dict, bounds: list[tuple[int, str]], online_only: bool) -> int | None:
@@ -497,6 +501,8 @@ def build(paths: list[str], out: str, metric: str = "eval/normalized_score", spl
             name = f"curves_{_slug(t)}.{fmt}"
             write_figure(os.path.join(out, name), items, "eval/return_mean" if t in by_return else metric, t)
             lines.append(f"![{t}]({name})")
+    stages, stage_lines = stage_table(records) if metric == "eval/normalized_score" else ({}, [])
+    lines += stage_lines
     online, online_lines = online_by_env(records, out, fmt) if metric == "eval/normalized_score" else ({}, [])
     lines += online_lines
     # runtime
@@ -520,9 +526,37 @@ def build(paths: list[str], out: str, metric: str = "eval/normalized_score", spl
     result = {"out": out, "runs": len(records), "unfinished_left_out": len(skipped), "metric": metric, "gamma": gamma,
               "scored_by_return": by_return,
               "algorithms": algos, "tasks": tasks, "table": table, "aggregates": agg, "runtime": runtime, "o2o": o2o,
-              "online_by_env": online}
+              "online_by_env": online, "stages": stages}
     write_json(os.path.join(out, "report.json"), result, indent=1)
     return result
+
+
+def stage_table(records: list[RunRecord]) -> tuple[dict, list[str]]:
+    """The normalized score at the end of each phase, for runs of three or more evaluated phases (a staged
+    pipeline, as Uni-O4's critic → dynamics → bc → improve → value → online); mean ± std over seeds."""
+    cells: dict[tuple[str, str], list[RunRecord]] = {}
+    for r in records:
+        if sum(v is not None for _, v in r.phase_scores) >= 3:
+            cells.setdefault((r.algo, r.task), []).append(r)
+    if not cells:
+        return {}, []
+    lines = ["", "## Score at the end of each phase", "",
+             "Runs of a staged pipeline: the normalized score of the evaluation at the end of each phase "
+             "(– where a phase has none), mean ± std over seeds."]
+    result: dict = {}
+    for (a, t), rs in sorted(cells.items()):
+        names = [n for n, _ in rs[0].phase_scores]
+        lines += ["", f"| task | algorithm | runs | {' | '.join(names)} |", "|---|---|---|" + "---|" * len(names),
+                  f"| {t} | {a} | {len(rs)} | "]
+        row = {}
+        for i, n in enumerate(names):
+            v = np.array([r.phase_scores[i][1] for r in rs if len(r.phase_scores) > i and r.phase_scores[i][1] is not None],
+                         dtype=np.float64)
+            row[n] = {"mean": float(v.mean()), "std": float(v.std())} if v.size == len(rs) else None
+            lines[-1] += (_pm(v) if v.size == len(rs) else "–") + " | "
+        lines[-1] = lines[-1].rstrip()
+        result[f"{a}|{t}"] = row
+    return result, lines
 
 
 def online_by_env(records: list[RunRecord], out: str, fmt: str = "svg") -> tuple[dict, list[str]]:

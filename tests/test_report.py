@@ -288,6 +288,27 @@ def test_online_phase_by_env_puts_fine_tuning_next_to_training_from_scratch(tmp_
     assert read_run(str(runs / "bc-d_hop-0"), "eval/normalized_score", []).handover is None
 
 
+def test_stage_table_shows_each_phase_end(tmp_path):
+    runs = tmp_path / "runs"
+    for seed, (bc, imp) in enumerate([(30.0, 34.0), (40.0, 38.0)]):
+        phases = [{"name": "critic", "kind": "offline", "final_normalized_score": None},
+                  {"name": "bc", "kind": "offline", "final_normalized_score": bc},
+                  {"name": "improve", "kind": "offline", "final_normalized_score": imp},
+                  {"name": "online", "kind": "online", "final_normalized_score": 50.0 + seed}]
+        _phased_run(runs, "unio4", "d/hop", seed, [(10, "critic", 1.0), (20, "bc", bc), (30, "improve", imp),
+                                                  (40, "online", 50.0 + seed)], phases, "Hop-v5")
+    _phased_run(runs, "iql", "d/hop", 0, [(10, "offline", 1.0), (20, "online", 2.0)],
+                [{"name": "offline", "kind": "offline", "final_normalized_score": 1.0},
+                 {"name": "online", "kind": "online", "final_normalized_score": 2.0}], "Hop-v5")  # two phases: not shown
+    res = build([str(runs)], str(tmp_path / "rep"), reps=10)
+    assert list(res["stages"]) == ["unio4|d/hop"]
+    row = res["stages"]["unio4|d/hop"]
+    assert row["critic"] is None and row["bc"] == {"mean": 35.0, "std": 5.0} and row["online"]["mean"] == 50.5
+    md = (tmp_path / "rep" / "report.md").read_text()
+    assert "| task | algorithm | runs | critic | bc | improve | online |" in md
+    assert "| d/hop | unio4 | 2 | – | 35.0 ± 5.0 | 36.0 ± 2.0 | 50.5 ± 0.5 |" in md
+
+
 def test_expert_normalized_scores(tmp_path, monkeypatch, data_dirs):
     from offrl import report
 
