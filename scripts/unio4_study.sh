@@ -5,7 +5,7 @@
 # skipped, interrupted ones resume from their checkpoints), then one `offrl report`.
 #
 #   bash scripts/unio4_study.sh                  # everything (walker2d medium-replay is built first: a SAC run)
-#   bash scripts/unio4_study.sh --report-only    # the report from the runs there are
+#   bash scripts/unio4_study.sh --report-only    # the report from the runs there are (+ ope.md: scripts/unio4_ope.py)
 #   bash scripts/unio4_study.sh --dry-run        # print the 18 runs' commands (checks every flag), run nothing
 #
 # CPU budget (state it with the results): Q, V and BC nets 256-256 (official: Q 1024x2, V 512x3, BC 256x3),
@@ -40,3 +40,7 @@ else
 fi
 offrl report "$out" "${inc[@]}" --out "$report" \
   --title "Uni-O4 next to IQL fine-tuning and PPO (CPU budget, 50k online env steps)"
+# the OPE ranking against real returns, and the stage scores, of the finished Uni-O4 runs
+if compgen -G "$out/unio4/*/seed*/summary.json" > /dev/null; then
+  python scripts/unio4_ope.py "$out" --json "$report/ope.json" > "$report/ope.md"
+fi

@@ -34,7 +34,8 @@ def run_script(name: str, argv: list[str], capsys) -> list[str]:
 
 def test_every_script_is_covered():
     covered = {"ship_behaviour_policies.py", "dataset_card.py", "bench_collect.py", "bench_iql_baseline.py",
-               "compare_iql_speed.py", "cdsa_sweep.py", "bench_ppo_loop.py", "residual_report.py"}
+               "compare_iql_speed.py", "cdsa_sweep.py", "bench_ppo_loop.py", "residual_report.py",
+               "unio4_ope.py"}
     assert {p.name for p in SCRIPTS.glob("*.py")} == covered
 
 
@@ -281,3 +282,33 @@ def test_unio4_study_dry_run_checks_every_flag(tmp_path):
     assert sum("train iql" in line and "--online-steps 50000" in line and "--steps 50000" in line for line in lines) == 6
     assert sum("train ppo" in line and "--total-steps 50000" in line for line in lines) == 6
     assert not list((tmp_path / "sweep").glob("*/*/seed*/metrics.jsonl"))  # nothing ran
+
+
+def _unio4_run(root: Path, dataset: str, seed: int, ope: list, real: list, ranking: dict, bc: float, member: int):
+    run = root / "unio4" / dataset.replace("/", "_") / f"seed{seed}"
+    run.mkdir(parents=True)
+    (run / "config.json").write_text(json.dumps({"algo": "unio4", "config": {"dataset": dataset, "seed": seed}}))
+    history = [{"improve_step": 0, "ope": ope}, {"improve_step": 0, "member_returns": real}]
+    unio4 = {"bc_normalized_score": bc, "offline_normalized_score": bc + 2, "online_normalized_score": bc + 4,
+             "selected_member": member, "ope_ranking": ranking, "history": history}
+    (run / "summary.json").write_text(json.dumps({"unio4": unio4}))
+
+
+def test_unio4_ope_table_pools_the_pairs(tmp_path, capsys):
+    runs = tmp_path / "runs"
+    rank0 = {"policies": 3, "spearman": 0.5, "spearman_within_step": 0.5, "pairwise_accuracy": 2 / 3}
+    rank1 = {"policies": 3, "spearman": 0.0, "spearman_within_step": 0.0, "pairwise_accuracy": 0.5}
+    # by hand: (1,2,3) vs (10,30,20): pairs 01 and 02 agree, 12 not -> 2 of 3
+    _unio4_run(runs, "d/one", 0, [1.0, 2.0, 3.0], [10.0, 30.0, 20.0], rank0, 30.0, 1)
+    # (3,1,2) vs (5,5,9): pair 01 has equal returns (left out), 02 disagrees, 12 agrees -> 1 of 2
+    _unio4_run(runs, "d/one", 1, [3.0, 1.0, 2.0], [5.0, 5.0, 9.0], rank1, 40.0, 2)
+    (runs / "unio4" / "d_one" / "seed2").mkdir()  # unfinished: left out
+    (runs / "unio4" / "d_one" / "seed2" / "config.json").write_text(json.dumps({"algo": "unio4", "config": {}}))
+    out = tmp_path / "ope.json"
+    lines = run_script("unio4_ope.py", [str(runs), "--json", str(out)], capsys)
+    assert lines[2] == ("| d/one | 2 | 3 | 0.25 ± 0.25 | 0.25 ± 0.25 | 0.58 ± 0.08 | 35.0 ± 5.0 | 37.0 ± 5.0 | "
+                        "39.0 ± 5.0 | s0: 1, s1: 2 |")
+    assert lines[3].startswith("| all (2 runs, pooled pairs) |") and "| 0.60 (3/5) |" in lines[3]
+    numbers = json.loads(out.read_text())
+    assert numbers["pooled_pairwise_accuracy"] == {"agree": 3, "pairs": 5, "accuracy": 0.6}
+    assert numbers["d/one"]["seeds"] == [0, 1]
