@@ -259,15 +259,15 @@ def read_run(path: str, metric: str, split: list[str], expert_normalized: bool =
 
 
 def _handover(summary: dict, bounds: list[tuple[int, str]], online_only: bool) -> int | None:
-    """The global step where the first online phase begins: from the summary's phase kinds (an
-    unfinished run: the phase named ``online``), at the phase boundary that starts it; 0 for a run
-    whose first phase is online, None for a run without an online phase."""
+    """The global step where the first env phase (kind ``online`` or ``on-policy``) begins: from the
+    summary's phase kinds (an unfinished run: the phase named ``online``), at the phase boundary that
+    starts it; 0 for a run whose first phase is an env phase, None for a run without one."""
     phases = summary.get("phases") if isinstance(summary.get("phases"), list) else None
     if phases:
-        names = [p.get("name") for p in phases if p.get("kind") == "online"]
+        names = [p.get("name") for p in phases if p.get("kind") != "offline"]  # env phases: online, on-policy
         if not names:
             return None
-        if phases[0].get("kind") == "online":
+        if phases[0].get("kind") != "offline":
             return 0
         name = names[0]
     else:

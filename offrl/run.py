@@ -49,16 +49,17 @@ from offrl.utils import StopSignals, rng_state, set_rng_state
 
 def o2o_scores(phases: list[dict]) -> dict:
     """An offline → online run's scores from its phase lines (the summary's ``phases``):
-    ``offline_normalized_score`` at the end of the last offline phase before the first online one
-    (the policy handed over: for a pipeline of offline stages, as Uni-O4's critic → dynamics → bc →
-    improve → value, the last stage, not the first), ``online_normalized_score`` at the end of the
-    last online phase and that phase's ``normalized_regret``; empty for a run without such a hand-over."""
-    kinds = [p.get("kind") for p in phases]
-    if "online" not in kinds or "offline" not in kinds[:kinds.index("online")]:
+    ``offline_normalized_score`` at the end of the last offline phase before the first env phase
+    (kind ``online`` or ``on-policy``: the policy handed over; for a pipeline of offline stages, as
+    Uni-O4's critic → dynamics → bc → improve → value → online PPO, the last stage, not the first),
+    ``online_normalized_score`` at the end of the last env phase and that phase's ``normalized_regret``;
+    empty for a run without such a hand-over."""
+    env = [p.get("kind") != "offline" for p in phases]
+    if True not in env or env.index(True) == 0:
         return {}
-    first_online = kinds.index("online")
-    offline = phases[first_online - 1 - kinds[:first_online][::-1].index("offline")]
-    online = phases[len(kinds) - 1 - kinds[::-1].index("online")]
+    first = env.index(True)
+    offline = phases[first - 1]  # the phases before the first env phase are all offline
+    online = phases[len(env) - 1 - env[::-1].index(True)]
     return {"offline_normalized_score": offline.get("final_normalized_score"),
             "online_normalized_score": online.get("final_normalized_score"),
             "normalized_regret": online.get("normalized_regret")}

@@ -230,6 +230,9 @@ def test_o2o_scores_take_the_last_offline_stage_before_the_hand_over():
               ph("improve", "offline", 35.0), ph("value", "offline", 34.0), ph("online", "online", 50.0, 0.6)]
     assert o2o_scores(stages) == {"offline_normalized_score": 34.0, "online_normalized_score": 50.0,
                                   "normalized_regret": 0.6}
+    # an on-policy phase (PPO after Uni-O4's offline stages) is an env phase as well
+    on_policy = [*stages[:-1], {**stages[-1], "kind": "on-policy"}]
+    assert o2o_scores(on_policy) == o2o_scores(stages)
     two = [ph("offline", "offline", 20.0), ph("online", "online", 25.0, 0.8)]
     assert o2o_scores(two)["offline_normalized_score"] == 20.0
     assert o2o_scores([ph("offline", "offline", 20.0)]) == {}  # no hand-over

@@ -262,8 +262,9 @@ def test_online_phase_by_env_puts_fine_tuning_next_to_training_from_scratch(tmp_
         # offline until step 200 (the hand-over evaluation at 200), online evaluations at 300 and 400
         _phased_run(runs, "iql", "d/hop", seed, [(100, "offline", 5.0), (200, "offline", h), (300, "online", a),
                                                 (400, "online", b)], [off, on], "Hop-v5")
+    ppo = {"name": "on-policy", "kind": "on-policy"}  # PPO's one phase
     for seed, (a, b) in enumerate([(10.0, 20.0), (30.0, 60.0)]):
-        _phased_run(runs, "ppo", "Hop-v5", seed, [(100, "online", a), (200, "online", b)], [on], "Hop-v5")
+        _phased_run(runs, "ppo", "Hop-v5", seed, [(100, "on-policy", a), (200, "on-policy", b)], [ppo], "Hop-v5")
     _phased_run(runs, "bc", "d/hop", 0, [(100, "offline", 7.0)], [off], "Hop-v5")  # no online phase: not shown
     res = build([str(runs)], str(tmp_path / "rep"), reps=10)
     rows = res["online_by_env"]

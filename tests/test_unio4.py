@@ -417,6 +417,10 @@ def test_exact_resume_in_every_stage(use_scripted, tmp_path, monkeypatch):
     full = unio4.train(Config(run_dir=str(tmp_path / "full"), **TINY))
     ends = [p["end_step"] for p in full["phases"]]
     assert [p["name"] for p in full["phases"]] == ["critic", "dynamics", "bc", "improve", "value", "online"]
+    # the offline → online scores: the end of the value re-fit (the policy handed over), then online PPO
+    assert full["offline_normalized_score"] == full["phases"][4]["final_normalized_score"] is not None
+    assert full["online_normalized_score"] == full["phases"][5]["final_normalized_score"]
+    assert full["normalized_regret"] == full["phases"][5]["normalized_regret"]
     assert ends == [12, 15, 25, 37, 43, 171]
     # global steps: critic 1-12, dynamics 13-15 (one per epoch), bc 16-25, improve 26-37, value 38-43,
     # online 44-171 (one metrics add per PPO update, at steps 107 and 171). A signal inside the n-th
