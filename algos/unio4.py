@@ -1034,12 +1034,9 @@ def spearman(x, y) -> float | None:
     return float(np.corrcoef(rx, ry)[0, 1])
 
 
-def ope_ranking(history: list[dict]) -> dict:
-    """How the OPE scores rank the policies their real returns rank: the policies are (member,
-    improvement step) pairs with both an OPE score and a real evaluation at that step. ``spearman``:
-    over all of them; ``spearman_within_step``: the mean over steps of the ρ over members;
-    ``pairwise_accuracy``: the fraction of policy pairs with different real returns that the OPE
-    orders the same way (the paper's "AM-Q ranks policies right 78 % of the time")."""
+def policy_scores(history: list[dict]) -> tuple[list[int], np.ndarray, np.ndarray]:
+    """The (member, improvement step) policies that have both an OPE score and a real evaluation at
+    that step: their steps, OPE scores and real returns (flattened step by step, members in order)."""
     ope, real = {}, {}
     for h in history:
         if "ope" in h:
@@ -1048,16 +1045,35 @@ def ope_ranking(history: list[dict]) -> dict:
             real[h["improve_step"]] = h["member_returns"]
     steps = sorted(set(ope) & set(real))
     if not steps:
-        return {"policies": 0, "spearman": None, "spearman_within_step": None, "pairwise_accuracy": None}
-    o = np.concatenate([np.asarray(ope[k], np.float64) for k in steps])
-    r = np.concatenate([np.asarray(real[k], np.float64) for k in steps])
-    within = [v for v in (spearman(ope[k], real[k]) for k in steps) if v is not None]
+        return [], np.zeros(0), np.zeros(0)
+    return (steps, np.concatenate([np.asarray(ope[k], np.float64) for k in steps]),
+            np.concatenate([np.asarray(real[k], np.float64) for k in steps]))
+
+
+def pairwise_agreement(o: np.ndarray, r: np.ndarray) -> tuple[int, int]:
+    """(pairs of policies the OPE scores ``o`` order as the real returns ``r`` do, pairs with different
+    real returns); a tie in ``o`` between different returns counts as a disagreement."""
     i, j = np.triu_indices(len(o), k=1)
     differ = r[i] != r[j]
-    agree = np.sign(o[i] - o[j]) == np.sign(r[i] - r[j])
+    agree = (np.sign(o[i] - o[j]) == np.sign(r[i] - r[j])) & differ
+    return int(agree.sum()), int(differ.sum())
+
+
+def ope_ranking(history: list[dict]) -> dict:
+    """How the OPE scores rank the policies their real returns rank (:func:`policy_scores`).
+    ``spearman``: over all of them; ``spearman_within_step``: the mean over steps of the ρ over
+    members; ``pairwise_accuracy``: the fraction of policy pairs with different real returns that the
+    OPE orders the same way (the paper's "AM-Q ranks policies right 78 % of the time")."""
+    steps, o, r = policy_scores(history)
+    if not steps:
+        return {"policies": 0, "spearman": None, "spearman_within_step": None, "pairwise_accuracy": None}
+    per_step = len(o) // len(steps)
+    within = [v for v in (spearman(o[k * per_step:(k + 1) * per_step], r[k * per_step:(k + 1) * per_step])
+                          for k in range(len(steps))) if v is not None]
+    agree, differ = pairwise_agreement(o, r)
     return {"policies": int(len(o)), "steps": steps, "spearman": spearman(o, r),
             "spearman_within_step": float(np.mean(within)) if within else None,
-            "pairwise_accuracy": float(agree[differ].mean()) if differ.any() else None}
+            "pairwise_accuracy": agree / differ if differ else None}
 
 
 def _unio4_summary(run, agent) -> dict:

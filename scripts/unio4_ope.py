@@ -22,6 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
+from offrl.algos.unio4 import pairwise_agreement, policy_scores
+
 
 def finished_runs(root: Path) -> list[tuple[str, int, dict]]:
     """(dataset, seed, summary) of each finished Uni-O4 run under ``root``, sorted."""
@@ -47,17 +49,8 @@ def pm(xs: list, digits: int = 2) -> str:
 
 def pairs(history: list[dict]) -> tuple[int, int]:
     """(pairs the OPE orders as the real returns do, pairs with different real returns) of one run."""
-    ope = {h["improve_step"]: h["ope"] for h in history if "ope" in h}
-    real = {h["improve_step"]: h["member_returns"] for h in history if "member_returns" in h}
-    steps = sorted(set(ope) & set(real))
-    if not steps:
-        return 0, 0
-    o = np.concatenate([np.asarray(ope[k], np.float64) for k in steps])
-    r = np.concatenate([np.asarray(real[k], np.float64) for k in steps])
-    i, j = np.triu_indices(len(o), k=1)
-    differ = r[i] != r[j]
-    agree = (np.sign(o[i] - o[j]) == np.sign(r[i] - r[j])) & differ
-    return int(agree.sum()), int(differ.sum())
+    _, o, r = policy_scores(history)
+    return pairwise_agreement(o, r)
 
 
 def table(runs: list[tuple[str, int, dict]]) -> tuple[list[str], dict]:
