@@ -583,6 +583,7 @@ def online_by_env(records: list[RunRecord], out: str, fmt: str = "svg") -> tuple
              "| env | algorithm | start | runs | at the hand-over | end | end − hand-over | normalized regret ↓ |",
              "|---|---|---|---|---|---|---|---|"]
     result: dict = {}
+    figures: list[str] = []  # after the table: one table for all envs
     for e in envs:
         items = []
         for i, ((a, start), rs) in enumerate(sorted(groups[e].items(), key=lambda kv: (kv[0][1] == "from scratch", kv[0]))):
@@ -609,8 +610,8 @@ def online_by_env(records: list[RunRecord], out: str, fmt: str = "svg") -> tuple
             name = f"online_{_slug(e)}.{fmt}"
             write_figure(os.path.join(out, name), items, "eval/normalized_score", f"{e}: online phase",
                          xlabel="env steps since the hand-over")
-            lines += ["", f"![{e} online]({name})"]
-    return result, lines
+            figures.append(f"![{e} online]({name})")
+    return result, lines + [""] + figures
 
 
 def main(argv: list[str]) -> int:

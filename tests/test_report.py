@@ -281,6 +281,13 @@ def test_online_phase_by_env_puts_fine_tuning_next_to_training_from_scratch(tmp_
     svg = ET.parse(tmp_path / "rep" / "online_Hop-v5.svg").getroot()
     assert sorted(e.get("data-label") for e in svg.iter(f"{SVG}polyline")) == ["iql (from d/hop)", "ppo (from scratch)"]
     assert "](online_Hop-v5.svg)" in md
+    # a second env's rows stay in the one table (the figures follow it)
+    _phased_run(runs, "iql", "d/walk", 0, [(100, "offline", 5.0), (200, "online", 9.0)], [off, on], "Walk-v5")
+    _phased_run(runs, "ppo", "Walk-v5", 0, [(100, "on-policy", 3.0)], [ppo], "Walk-v5")
+    build([str(runs)], str(tmp_path / "rep3"), reps=10)
+    section = (tmp_path / "rep3" / "report.md").read_text().split("## Online phase, by environment")[1].split("## ")[0]
+    table = [line for line in section.splitlines() if line.startswith("|")]
+    assert len(table) == 2 + 4 and section.index("| Walk-v5 | ppo |") < section.index("![")
     # the hand-over steps the curves are shifted by: the boundary where the online phase begins
     from offrl.report import read_run
 
