@@ -1036,7 +1036,7 @@ def spearman(x, y) -> float | None:
 
 def policy_scores(history: list[dict]) -> tuple[list[int], np.ndarray, np.ndarray]:
     """The (member, improvement step) policies that have both an OPE score and a real evaluation at
-    that step: their steps, OPE scores and real returns (flattened step by step, members in order)."""
+    that step: their steps and the OPE scores and real returns as [steps, members] arrays."""
     ope, real = {}, {}
     for h in history:
         if "ope" in h:
@@ -1045,14 +1045,16 @@ def policy_scores(history: list[dict]) -> tuple[list[int], np.ndarray, np.ndarra
             real[h["improve_step"]] = h["member_returns"]
     steps = sorted(set(ope) & set(real))
     if not steps:
-        return [], np.zeros(0), np.zeros(0)
-    return (steps, np.concatenate([np.asarray(ope[k], np.float64) for k in steps]),
-            np.concatenate([np.asarray(real[k], np.float64) for k in steps]))
+        return [], np.zeros((0, 0)), np.zeros((0, 0))
+    return (steps, np.array([ope[k] for k in steps], np.float64).reshape(len(steps), -1),
+            np.array([real[k] for k in steps], np.float64).reshape(len(steps), -1))
 
 
 def pairwise_agreement(o: np.ndarray, r: np.ndarray) -> tuple[int, int]:
     """(pairs of policies the OPE scores ``o`` order as the real returns ``r`` do, pairs with different
-    real returns); a tie in ``o`` between different returns counts as a disagreement."""
+    real returns), over all entries of ``o`` and ``r``; a tie in ``o`` between different returns counts as
+    a disagreement."""
+    o, r = np.ravel(o), np.ravel(r)
     i, j = np.triu_indices(len(o), k=1)
     differ = r[i] != r[j]
     agree = (np.sign(o[i] - o[j]) == np.sign(r[i] - r[j])) & differ
@@ -1067,11 +1069,9 @@ def ope_ranking(history: list[dict]) -> dict:
     steps, o, r = policy_scores(history)
     if not steps:
         return {"policies": 0, "spearman": None, "spearman_within_step": None, "pairwise_accuracy": None}
-    per_step = len(o) // len(steps)
-    within = [v for v in (spearman(o[k * per_step:(k + 1) * per_step], r[k * per_step:(k + 1) * per_step])
-                          for k in range(len(steps))) if v is not None]
+    within = [v for v in (spearman(o_k, r_k) for o_k, r_k in zip(o, r)) if v is not None]
     agree, differ = pairwise_agreement(o, r)
-    return {"policies": int(len(o)), "steps": steps, "spearman": spearman(o, r),
+    return {"policies": int(o.size), "steps": steps, "spearman": spearman(o.ravel(), r.ravel()),
             "spearman_within_step": float(np.mean(within)) if within else None,
             "pairwise_accuracy": agree / differ if differ else None}
 

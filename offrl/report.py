@@ -262,14 +262,14 @@ def _handover(summary: dict, bounds: list[tuple[int, str]], online_only: bool) -
     """The global step where the first env phase (kind ``online`` or ``on-policy``) begins: from the
     summary's phase kinds (an unfinished run: the phase named ``online``), at the phase boundary that
     starts it; 0 for a run whose first phase is an env phase, None for a run without one."""
+    from offrl.run import first_env_phase
+
     phases = summary.get("phases") if isinstance(summary.get("phases"), list) else None
     if phases:
-        names = [p.get("name") for p in phases if p.get("kind") != "offline"]  # env phases: online, on-policy
-        if not names:
-            return None
-        if phases[0].get("kind") != "offline":
-            return 0
-        name = names[0]
+        first = first_env_phase(phases)
+        if first is None or first == 0:
+            return first
+        name = phases[first].get("name")
     else:
         if online_only and not bounds:
             return 0
@@ -549,11 +549,11 @@ def stage_table(records: list[RunRecord]) -> tuple[dict, list[str]]:
         lines += ["", f"| task | algorithm | runs | {' | '.join(names)} |", "|---|---|---|" + "---|" * len(names),
                   f"| {t} | {a} | {len(rs)} | "]
         row = {}
-        for i, n in enumerate(names):
-            v = np.array([r.phase_scores[i][1] for r in rs if len(r.phase_scores) > i and r.phase_scores[i][1] is not None],
-                         dtype=np.float64)
-            row[n] = {"mean": float(v.mean()), "std": float(v.std())} if v.size == len(rs) else None
-            lines[-1] += (_pm(v) if v.size == len(rs) else "–") + " | "
+        for n in names:
+            got = [dict(r.phase_scores).get(n) for r in rs]
+            v = np.array(got, dtype=np.float64) if None not in got else None
+            row[n] = {"mean": float(v.mean()), "std": float(v.std())} if v is not None else None
+            lines[-1] += (_pm(v) if v is not None else "–") + " | "
         lines[-1] = lines[-1].rstrip()
         result[f"{a}|{t}"] = row
     return result, lines
@@ -565,6 +565,7 @@ def online_by_env(records: list[RunRecord], out: str, fmt: str = "svg") -> tuple
     phases of at least two (algorithm, start) groups, one of them a hand-over. Per group: the score at the
     hand-over (the evaluation at the end of the offline phase), at the end, and the normalized regret over
     the online evaluations (after the hand-over). Returns the numbers and the Markdown lines."""
+    from offrl.evaluation import normalized_regret
     from offrl.plot import Curve, write_figure
 
     groups: dict[str, dict[tuple[str, str], list[RunRecord]]] = {}
@@ -589,8 +590,8 @@ def online_by_env(records: list[RunRecord], out: str, fmt: str = "svg") -> tuple
         for i, ((a, start), rs) in enumerate(sorted(groups[e].items(), key=lambda kv: (kv[0][1] == "from scratch", kv[0]))):
             online = [(r.curve[0][r.curve[0] >= r.handover] - r.handover, r.curve[1][r.curve[0] >= r.handover]) for r in rs]
             end = np.array([v[-1] for _, v in online])
-            after = [v[x > 0] for x, v in online]
-            regret = np.array([float(np.mean(1.0 - v / 100.0)) if v.size else np.nan for v in after])
+            regret = np.array([normalized_regret([{"normalized_score": float(s)} for s in v[x > 0]]) for x, v in online],
+                              dtype=np.float64)  # None (no evaluation after the hand-over) -> nan
             at = np.array([v[0] for x, v in online if x[0] == 0]) if start != "from scratch" else np.array([])
             key = f"{a}|{start}|{e}"
             result[key] = {"runs": len(rs), "end_mean": float(end.mean()), "end_std": float(end.std()),

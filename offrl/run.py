@@ -47,19 +47,24 @@ from offrl.logger import Logger, MetricAccumulator
 from offrl.utils import StopSignals, rng_state, set_rng_state
 
 
+def first_env_phase(phases: list[dict]) -> int | None:
+    """The index of the first env phase (kind ``online`` or ``on-policy``) among phase lines (the
+    summary's ``phases``); None for a run without one."""
+    return next((i for i, p in enumerate(phases) if p.get("kind") != "offline"), None)
+
+
 def o2o_scores(phases: list[dict]) -> dict:
     """An offline → online run's scores from its phase lines (the summary's ``phases``):
     ``offline_normalized_score`` at the end of the last offline phase before the first env phase
-    (kind ``online`` or ``on-policy``: the policy handed over; for a pipeline of offline stages, as
-    Uni-O4's critic → dynamics → bc → improve → value → online PPO, the last stage, not the first),
+    (:func:`first_env_phase`: the policy handed over; for a pipeline of offline stages, as Uni-O4's
+    critic → dynamics → bc → improve → value → online PPO, the last stage, not the first),
     ``online_normalized_score`` at the end of the last env phase and that phase's ``normalized_regret``;
     empty for a run without such a hand-over."""
-    env = [p.get("kind") != "offline" for p in phases]
-    if True not in env or env.index(True) == 0:
+    first = first_env_phase(phases)
+    if not first:  # None (no env phase) or 0 (online from the start)
         return {}
-    first = env.index(True)
     offline = phases[first - 1]  # the phases before the first env phase are all offline
-    online = phases[len(env) - 1 - env[::-1].index(True)]
+    online = next(p for p in reversed(phases) if p.get("kind") != "offline")
     return {"offline_normalized_score": offline.get("final_normalized_score"),
             "online_normalized_score": online.get("final_normalized_score"),
             "normalized_regret": online.get("normalized_regret")}
