@@ -930,7 +930,13 @@ def _weight_decays(layers: int) -> tuple[float, ...]:
 
 # ------------------------------------------------------------------------------------ phases
 class Stage(OfflinePhase):
-    """An offline stage: gradient steps on dataset batches with the agent in stage ``name``."""
+    """An offline stage: gradient steps on dataset batches with the agent in stage ``name``. The critic
+    and value stages do not change the acting policy (none is trained yet; the improved ensemble), so
+    they are not evaluated."""
+
+    def __init__(self, steps: int, sampler, batch_size: int, name: str):
+        super().__init__(steps, sampler, batch_size, name=name)
+        self.evaluates = name not in ("critic", "value")
 
     def begin(self, run) -> None:
         super().begin(run)  # setup_data
@@ -938,9 +944,11 @@ class Stage(OfflinePhase):
 
 
 class DynamicsStage(Phase):
-    """The dynamics model: one advance = one epoch; at the early stop the stage jumps to its end."""
+    """The dynamics model: one advance = one epoch; at the early stop the stage jumps to its end. The
+    policy is untrained here: no evaluation."""
 
     kind = "offline"
+    evaluates = False
 
     def __init__(self, max_epochs: int, buffer):
         super().__init__("dynamics", max_epochs)

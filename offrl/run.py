@@ -75,6 +75,10 @@ class Phase:
     how many global steps it took) and their checkpoint parts."""
 
     kind = "offline"
+    #: False for a phase that does not change the acting policy (a critic or model fit before there is
+    #: a policy, a value re-fit after it): the runner skips its evaluations, and its summary line
+    #: carries the last evaluation before it (None if there is none yet)
+    evaluates = True
 
     def __init__(self, name: str, steps: int):
         if steps <= 0:
@@ -371,7 +375,7 @@ class Run:
             last = self.step >= end
             if crossed(prev, self.step, cfg.log_every) or last:
                 self._log(phase, clock)
-            if self.evaluator.due(prev, self.step) or (last and self.evaluator.enabled):
+            if phase.evaluates and (self.evaluator.due(prev, self.step) or (last and self.evaluator.enabled)):
                 self._evaluate(phase)
             if last:
                 return
@@ -382,10 +386,15 @@ class Run:
                 raise stop.interrupted(self.step, self.ckpt_path)
 
     def _phase_result(self, phase: Phase) -> dict:
-        """The phase's line of the summary: its steps and updates, the last evaluation, and the mean
-        normalized score (and, for an env phase, the normalized regret) over its evaluations."""
-        final = {k: v for k, v in self.evaluator.last.items() if not isinstance(v, list)}
+        """The phase's line of the summary: its steps and updates, the last evaluation (for a phase that
+        does not evaluate, the last one before it), and the mean normalized score (and, for an env
+        phase, the normalized regret) over its evaluations."""
         evals = self.evaluator.between(self.phase_start, self.step)
+        if phase.evaluates:
+            final = {k: v for k, v in self.evaluator.last.items() if not isinstance(v, list)}
+        else:  # from the checkpointed history: a resume inside this phase has no `last`
+            before = self.evaluator.between(-1, self.step)
+            final = before[-1] if before else {}
         result = {"name": phase.name, "kind": phase.kind, "steps": self.step - self.phase_start,
                   "updates": phase.updates, "end_step": self.step, "final_return": final.get("return_mean"),
                   "final_normalized_score": final.get("normalized_score"), "evaluations": len(evals),

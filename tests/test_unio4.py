@@ -421,6 +421,13 @@ def test_exact_resume_in_every_stage(use_scripted, tmp_path, monkeypatch):
     assert full["offline_normalized_score"] == full["phases"][4]["final_normalized_score"] is not None
     assert full["online_normalized_score"] == full["phases"][5]["final_normalized_score"]
     assert full["normalized_regret"] == full["phases"][5]["normalized_regret"]
+    # critic, dynamics and value do not change the acting policy: no evaluations; the value line carries
+    # the improved ensemble's score, the first two have none yet
+    assert [p["evaluations"] for p in full["phases"]] == [0, 0, 1, 1, 0, 1]
+    assert full["phases"][0]["final_normalized_score"] is None is full["phases"][1]["final_normalized_score"]
+    assert full["phases"][4]["final_normalized_score"] == full["phases"][3]["final_normalized_score"]
+    evaluated = [r["step"] for r in _rows(tmp_path / "full") if "eval/return_mean" in r]
+    assert evaluated == [25, 37, 171]  # the ends of bc, improve and online
     assert ends == [12, 15, 25, 37, 43, 171]
     # global steps: critic 1-12, dynamics 13-15 (one per epoch), bc 16-25, improve 26-37, value 38-43,
     # online 44-171 (one metrics add per PPO update, at steps 107 and 171). A signal inside the n-th
